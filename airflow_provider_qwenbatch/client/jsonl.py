@@ -1,0 +1,313 @@
+"""Batch input files: build them from request dicts, and validate them in one streaming pass.
+
+Every rule the service checks (and a few it checks late, after billing has begun) is checked
+here before anything is uploaded, and each problem names the file, the 1-based line and the
+rule. Rule codes mirror the server's where it has one (``url_not_found``,
+``mismatched_model``, ``duplicate_custom_id``, ``mismatched_test_url``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from airflow_provider_qwenbatch.client.errors import InputValidationError, ValidationProblem
+from airflow_provider_qwenbatch.client.models import ENDPOINTS, TEST_ENDPOINT, TEST_MODEL
+
+MAX_FILE_BYTES = 500 * 1024 * 1024
+MAX_LINES = 50_000
+MAX_LINE_BYTES = 6 * 1024 * 1024
+TEST_MAX_FILE_BYTES = 1024 * 1024
+TEST_MAX_LINES = 100
+# Stop collecting after this many problems: the first ones are what a person fixes first.
+MAX_PROBLEMS = 50
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """The size limits of an input file.
+
+    :param max_bytes: whole file.
+    :param max_lines: request lines.
+    :param max_line_bytes: one line.
+    """
+
+    max_bytes: int = MAX_FILE_BYTES
+    max_lines: int = MAX_LINES
+    max_line_bytes: int = MAX_LINE_BYTES
+
+
+DEFAULT_LIMITS = InputLimits()
+
+
+@dataclass(frozen=True)
+class InputSummary:
+    """What a valid input file holds.
+
+    :param path: the file.
+    :param lines: number of requests.
+    :param bytes: size in bytes.
+    :param model: the one model every line uses.
+    :param endpoint: the endpoint every line calls.
+    """
+
+    path: str
+    lines: int
+    bytes: int
+    model: str | None
+    endpoint: str
+
+
+class _Checker:
+    """Checks lines one at a time; keeps only the seen ids, never the lines."""
+
+    def __init__(self, source: str, endpoint: str, limits: InputLimits) -> None:
+        self.source = source
+        self.endpoint = endpoint
+        self.limits = limits
+        self.problems: list[ValidationProblem] = []
+        self.truncated = False
+        self.seen: dict[str, int] = {}
+        self.model: str | None = None
+        self.model_line = 0
+        self.lines = 0
+        self.bytes = 0
+        if endpoint not in ENDPOINTS:
+            self.add(None, "invalid_endpoint", f"endpoint {endpoint!r} is not one of {', '.join(ENDPOINTS)}")
+
+    def add(self, line: int | None, rule: str, message: str, field: str | None = None) -> None:
+        if len(self.problems) >= MAX_PROBLEMS:
+            self.truncated = True
+            return
+        self.problems.append(ValidationProblem(line, rule, message, field))
+
+    def check_raw(self, n: int, raw: bytes) -> None:
+        """Check one physical line (without its newline)."""
+        if n == 1 and raw.startswith(_BOM):
+            self.add(
+                n, "utf8_bom", "the file starts with a UTF-8 byte-order mark; save it as UTF-8 without BOM"
+            )
+            return
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.add(n, "invalid_encoding", f"not valid UTF-8 at byte {exc.start} of the line")
+            return
+        if not text.strip():
+            self.add(n, "empty_line", "blank line; every line must be one JSON request")
+            return
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            self.add(n, "invalid_json", f"not valid JSON: {exc}")
+            return
+        self.check_request(n, obj)
+
+    def check_request(self, n: int, obj: Any) -> None:
+        """Check one decoded request against the API's rules."""
+        if not isinstance(obj, dict):
+            self.add(n, "invalid_request", f"a line must be a JSON object, got {type(obj).__name__}")
+            return
+        cid = obj.get("custom_id")
+        if cid is None or cid == "":
+            self.add(n, "missing_custom_id", "custom_id is missing or empty", "custom_id")
+        elif not isinstance(cid, str):
+            self.add(
+                n, "invalid_custom_id", f"custom_id must be a string, got {type(cid).__name__}", "custom_id"
+            )
+        elif cid in self.seen:
+            self.add(
+                n,
+                "duplicate_custom_id",
+                f"custom_id {cid!r} already used on line {self.seen[cid]}",
+                "custom_id",
+            )
+        else:
+            self.seen[cid] = n
+        method = obj.get("method")
+        if method != "POST":
+            self.add(n, "invalid_method", f"method must be 'POST', got {method!r}", "method")
+        url = obj.get("url")
+        if url not in ENDPOINTS:
+            self.add(n, "url_not_found", f"url {url!r} is not supported by the Batch API", "url")
+        elif url != self.endpoint:
+            self.add(
+                n, "mismatched_url", f"url {url!r} differs from the batch endpoint {self.endpoint!r}", "url"
+            )
+        body = obj.get("body")
+        if not isinstance(body, dict):
+            self.add(n, "invalid_body", f"body must be a JSON object, got {type(body).__name__}", "body")
+            return
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            self.add(n, "missing_model", "body.model is missing or not a string", "body.model")
+            return
+        if self.model is None:
+            self.model, self.model_line = model, n
+        elif model != self.model:
+            self.add(
+                n,
+                "mismatched_model",
+                f"model {model!r} differs from {self.model!r} on line {self.model_line}; one model per file",
+                "body.model",
+            )
+        is_test_model = model == TEST_MODEL
+        if is_test_model != (self.endpoint == TEST_ENDPOINT):
+            self.add(
+                n,
+                "mismatched_test_url",
+                f"model {TEST_MODEL!r} goes only with endpoint {TEST_ENDPOINT!r}, and that endpoint only "
+                f"with that model (got model {model!r}, endpoint {self.endpoint!r})",
+                "url",
+            )
+
+    def finish(self) -> None:
+        """Whole-file rules, after the last line."""
+        limits = self.limits
+        if self.lines == 0:
+            self.add(None, "empty_file", "the input has no request lines")
+        if self.model == TEST_MODEL:
+            if self.lines > TEST_MAX_LINES:
+                self.add(
+                    None,
+                    "too_many_lines",
+                    f"{TEST_MODEL} takes at most {TEST_MAX_LINES} lines, got {self.lines}",
+                )
+            if self.bytes > TEST_MAX_FILE_BYTES:
+                self.add(None, "file_too_large", f"{TEST_MODEL} takes at most 1 MB, got {self.bytes} bytes")
+        if self.lines > limits.max_lines:
+            self.add(None, "too_many_lines", f"at most {limits.max_lines} lines per file, got {self.lines}")
+        if self.bytes > limits.max_bytes:
+            self.add(None, "file_too_large", f"at most {limits.max_bytes} bytes per file, got {self.bytes}")
+        if self.problems:
+            raise InputValidationError(self.source, self.problems, truncated=self.truncated)
+
+
+def validate_jsonl_file(
+    path: str | os.PathLike[str], endpoint: str, *, limits: InputLimits = DEFAULT_LIMITS
+) -> InputSummary:
+    """Check a JSONL input file against every rule of the Batch API, in one streaming pass.
+
+    Memory holds one line (at most 6 MB) and the set of ``custom_id`` values, whatever the file's size.
+
+    :param path: the file.
+    :param endpoint: the batch endpoint every line's ``url`` must equal.
+    :param limits: size limits (the API's by default).
+    :raises InputValidationError: listing each problem with the file, line and rule.
+    """
+    source = os.fspath(path)
+    checker = _Checker(source, endpoint, limits)
+    try:
+        fh = open(source, "rb")  # noqa: SIM115 - closed below; a with-block would hide the OSError case
+    except OSError as exc:
+        raise InputValidationError(source, [ValidationProblem(None, "unreadable", str(exc))]) from None
+    with fh:
+        n = 0
+        while True:
+            raw = fh.readline(limits.max_line_bytes + 2)
+            if not raw:
+                break
+            n += 1
+            checker.bytes += len(raw)
+            if not raw.endswith(b"\n") and len(raw) > limits.max_line_bytes:
+                # Over-long line: skip the rest of it without holding it in memory.
+                extra = _skip_rest_of_line(fh)
+                checker.bytes += extra
+                checker.add(
+                    n, "line_too_large", f"line is {len(raw) + extra} bytes; at most {limits.max_line_bytes}"
+                )
+                checker.lines += 1
+                continue
+            line = raw.rstrip(b"\r\n")
+            if len(line) > limits.max_line_bytes:
+                checker.add(
+                    n, "line_too_large", f"line is {len(line)} bytes; at most {limits.max_line_bytes}"
+                )
+                checker.lines += 1
+                continue
+            if not line.strip() and _rest_is_blank(fh):
+                # Trailing blank lines at the end of a file are harmless.
+                break
+            checker.lines += 1
+            checker.check_raw(n, line)
+    checker.finish()
+    return InputSummary(source, checker.lines, checker.bytes, checker.model, endpoint)
+
+
+def _skip_rest_of_line(fh: IO[bytes]) -> int:
+    skipped = 0
+    while True:
+        chunk = fh.readline(1024 * 1024)
+        skipped += len(chunk)
+        if not chunk or chunk.endswith(b"\n"):
+            return skipped
+
+
+def _rest_is_blank(fh: IO[bytes]) -> bool:
+    pos = fh.tell()
+    while True:
+        chunk = fh.read(64 * 1024)
+        if not chunk:
+            return True
+        if chunk.strip():
+            fh.seek(pos)
+            return False
+
+
+def write_jsonl(
+    requests: Iterable[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    endpoint: str,
+    *,
+    limits: InputLimits = DEFAULT_LIMITS,
+    source: str | None = None,
+) -> InputSummary:
+    """Write request dicts as a JSONL input file, checking each one as it is written.
+
+    On any problem the partial file is removed and :class:`InputValidationError` names the
+    request's position (1-based, the line it would have had).
+
+    :param requests: dicts ``{custom_id, method, url, body}``; ``method`` and ``url`` may be left
+        out and default to ``POST`` and ``endpoint``.
+    :param path: where to write.
+    :param endpoint: the batch endpoint.
+    :param limits: size limits.
+    :param source: how to name the input in errors (default: the path).
+    """
+    dest = Path(path)
+    checker = _Checker(source or os.fspath(dest), endpoint, limits)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with dest.open("wb") as out:
+            for n, request in enumerate(requests, start=1):
+                obj: Any = dict(request) if isinstance(request, Mapping) else request
+                if isinstance(obj, dict):
+                    obj.setdefault("method", "POST")
+                    obj.setdefault("url", endpoint)
+                checker.check_request(n, obj)
+                try:
+                    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+                except (TypeError, ValueError) as exc:
+                    checker.add(n, "invalid_json", f"request cannot be encoded as JSON: {exc}")
+                    continue
+                except UnicodeEncodeError as exc:
+                    checker.add(n, "invalid_encoding", f"request is not valid UTF-8 text: {exc.reason}")
+                    continue
+                if len(data) > limits.max_line_bytes:
+                    checker.add(
+                        n, "line_too_large", f"line is {len(data)} bytes; at most {limits.max_line_bytes}"
+                    )
+                checker.lines = n
+                checker.bytes += len(data) + 1
+                if not checker.problems:
+                    out.write(data + b"\n")
+        checker.finish()
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return InputSummary(os.fspath(dest), checker.lines, checker.bytes, checker.model, endpoint)
