@@ -1,0 +1,118 @@
+"""Provider metadata read by Airflow's ProvidersManager (entry point ``apache_airflow_provider``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_qwenbatch import __version__
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Return the provider's metadata: hooks, connection type and its UI fields, links, config."""
+    return {
+        "package-name": "airflow-provider-qwenbatch",
+        "name": "Qwen Batch (DashScope)",
+        "description": "Run Qwen Cloud (Alibaba DashScope / Model Studio) Batch jobs from Airflow, "
+        "and cancel them when the DAG that started them is aborted or fails.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Qwen Batch (DashScope)",
+                "external-doc-url": "https://www.alibabacloud.com/help/en/model-studio/batch-interfaces-compatible-with-openai",
+                "tags": ["ai"],
+            }
+        ],
+        "operators": [
+            {
+                "integration-name": "Qwen Batch (DashScope)",
+                "python-modules": ["airflow_provider_qwenbatch.operators.batch"],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": "Qwen Batch (DashScope)",
+                "python-modules": ["airflow_provider_qwenbatch.sensors.batch"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "Qwen Batch (DashScope)",
+                "python-modules": ["airflow_provider_qwenbatch.triggers.batch"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "Qwen Batch (DashScope)",
+                "python-modules": ["airflow_provider_qwenbatch.hooks.qwen_batch"],
+            }
+        ],
+        "connection-types": [
+            {
+                "connection-type": "qwen_batch",
+                "hook-class-name": "airflow_provider_qwenbatch.hooks.qwen_batch.QwenBatchHook",
+                "hook-name": "Qwen Batch (DashScope)",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["login", "port", "schema", "extra"],
+                    "relabeling": {"password": "API Key", "host": "Base URL override"},
+                    "placeholders": {
+                        "password": "sk-... (falls back to DASHSCOPE_API_KEY when empty)",
+                        "host": "leave empty to use the region's URL; e.g. http://127.0.0.1:8000/compatible-mode/v1",
+                    },
+                },
+                "conn-fields": {
+                    "region": {
+                        "label": "Region",
+                        "schema": {
+                            "type": ["string", "null"],
+                            "default": "beijing",
+                            "enum": ["beijing", "singapore", "us"],
+                        },
+                        "description": "Picks the base URL; an API key works only in its own region.",
+                    },
+                    "timeout": {
+                        "label": "Request timeout (s)",
+                        "schema": {"type": ["number", "null"], "default": 60},
+                    },
+                    "connect_timeout": {
+                        "label": "Connect timeout (s)",
+                        "schema": {"type": ["number", "null"], "default": 10},
+                    },
+                    "max_retries": {
+                        "label": "Retries of safe calls",
+                        "schema": {"type": ["integer", "null"], "default": 5},
+                    },
+                },
+            }
+        ],
+        "extra-links": ["airflow_provider_qwenbatch.links.QwenBatchConsoleLink"],
+        "plugins": [
+            {
+                "name": "qwenbatch_cleanup",
+                "plugin-class": "airflow_provider_qwenbatch.plugins.QwenBatchCleanupPlugin",
+            }
+        ],
+        "config": {
+            "qwenbatch": {
+                "description": "Settings of the Qwen Batch provider.",
+                "options": {
+                    "cancel_on_dag_run_failed": {
+                        "description": "When a DAG run fails (including a run marked failed in the UI or "
+                        "API, which runs no DAG callback), cancel every in-flight batch the run started. "
+                        "Done by a listener in the process that marks the run failed, on a background "
+                        "thread so it never blocks the api-server or scheduler.",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "False",
+                        "default": "True",
+                    },
+                    "default_conn_id": {
+                        "description": "Connection used by the failure listener to find and cancel batches.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "qwen_batch_default",
+                        "default": "qwen_batch_default",
+                    },
+                },
+            }
+        },
+    }

@@ -1,0 +1,226 @@
+"""QwenBatchHook: the only place that reads the ``qwen_batch`` Connection."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import httpx
+from airflow.sdk import BaseHook
+
+from airflow_provider_qwenbatch.client.aio import AsyncBatchClient
+from airflow_provider_qwenbatch.client.errors import QwenBatchError
+from airflow_provider_qwenbatch.client.regions import Region
+from airflow_provider_qwenbatch.client.retry import RetryPolicy
+from airflow_provider_qwenbatch.client.sync import BatchClient
+
+API_KEY_ENV = "DASHSCOPE_API_KEY"
+_EXTRA_PREFIX = "extra__qwen_batch__"
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """What a ``qwen_batch`` Connection resolves to. The API key is hidden from ``repr``.
+
+    :param conn_id: the Connection id.
+    :param base_url: the API base URL (region's, or the override).
+    :param region: the region (for console links).
+    :param timeout: request timeout in seconds.
+    :param connect_timeout: connect timeout in seconds.
+    :param max_retries: retries of safe calls.
+    :param api_key: the API key.
+    :param api_key_source: ``connection`` or ``environment``.
+    """
+
+    conn_id: str
+    base_url: str
+    region: Region
+    timeout: float
+    connect_timeout: float
+    max_retries: int
+    api_key: str = field(repr=False)
+    api_key_source: str = "connection"
+
+    @property
+    def httpx_timeout(self) -> httpx.Timeout:
+        """Timeouts as httpx takes them."""
+        return httpx.Timeout(self.timeout, connect=self.connect_timeout)
+
+    def sync_client(self, **kwargs: Any) -> BatchClient:
+        """Build a sync client from these settings.
+
+        :param kwargs: passed to :class:`BatchClient` (``logger``, ``transport``...).
+        """
+        return BatchClient(
+            self.api_key,
+            self.base_url,
+            timeout=self.httpx_timeout,
+            retry=RetryPolicy(max_retries=self.max_retries),
+            **kwargs,
+        )
+
+    def async_client(self, **kwargs: Any) -> AsyncBatchClient:
+        """Build an async client from these settings.
+
+        :param kwargs: passed to :class:`AsyncBatchClient`.
+        """
+        return AsyncBatchClient(
+            self.api_key,
+            self.base_url,
+            timeout=self.httpx_timeout,
+            retry=RetryPolicy(max_retries=self.max_retries),
+            **kwargs,
+        )
+
+    def console_url(self, batch_id: str | None = None) -> str:
+        """The Model Studio console page of the batch jobs (the console has no per-batch deep link).
+
+        :param batch_id: appended as a query hint so the link names the batch.
+        """
+        url = self.region.console_url
+        return f"{url}?batch_id={batch_id}" if batch_id and "?" not in url else url
+
+
+class QwenBatchHook(BaseHook):
+    """Connects to the Qwen Cloud (DashScope) Batch API with a ``qwen_batch`` Connection.
+
+    Connection fields: **API Key** (password; when empty, the ``DASHSCOPE_API_KEY`` environment
+    variable is used and the log says so), **Base URL override** (host; e.g. a local emulator),
+    and extras ``region`` (``beijing``, ``singapore``, ``us``), ``timeout``, ``connect_timeout``,
+    ``max_retries``.
+
+    :param qwen_batch_conn_id: the Connection id.
+    """
+
+    conn_name_attr = "qwen_batch_conn_id"
+    default_conn_name = "qwen_batch_default"
+    conn_type = "qwen_batch"
+    hook_name = "Qwen Batch (DashScope)"
+
+    def __init__(self, qwen_batch_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.qwen_batch_conn_id = qwen_batch_conn_id
+
+    def __repr__(self) -> str:
+        return f"QwenBatchHook(qwen_batch_conn_id={self.qwen_batch_conn_id!r})"
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Labels and hidden fields of the Connection form (also declared in the provider info)."""
+        from airflow_provider_qwenbatch.get_provider_info import get_provider_info
+
+        conn = get_provider_info()["connection-types"][0]["ui-field-behaviour"]
+        return {
+            "hidden_fields": conn["hidden-fields"],
+            "relabeling": conn["relabeling"],
+            "placeholders": conn["placeholders"],
+        }
+
+    def _settings_from(self, conn: Any) -> ConnectionSettings:
+        return settings_from_connection(self.qwen_batch_conn_id, conn, self.log)
+
+    @cached_property
+    def settings(self) -> ConnectionSettings:
+        """The resolved Connection (read once per hook)."""
+        return self._settings_from(self.get_connection(self.qwen_batch_conn_id))
+
+    async def aget_settings(self) -> ConnectionSettings:
+        """Resolve the Connection without blocking the event loop (for triggers)."""
+        conn = await self.aget_connection(self.qwen_batch_conn_id)
+        return self._settings_from(conn)
+
+    def get_conn(self) -> BatchClient:
+        """A new sync client for this Connection (close it, or use it as a context manager)."""
+        return self.settings.sync_client(logger=self.log)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Really call the API (list one batch) with the Connection's key and URL."""
+        try:
+            with self.get_conn() as client:
+                page = client.list_batches(limit=1)
+        except QwenBatchError as exc:
+            return False, str(exc)
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        seen = len(page.batches)
+        return True, f"Connected to {self.settings.base_url} (listed {seen} batch{'es' if seen != 1 else ''})"
+
+
+def _extra(extras: dict[str, Any], name: str) -> Any:
+    value = extras.get(name)
+    if value in (None, ""):
+        value = extras.get(_EXTRA_PREFIX + name)
+    return None if value == "" else value
+
+
+def _base_url(conn: Any, extras: dict[str, Any], region: Region) -> str:
+    override = _extra(extras, "base_url")
+    host = (getattr(conn, "host", None) or "").strip()
+    if override:
+        return str(override).rstrip("/")
+    if not host:
+        return region.base_url
+    if "://" in host:
+        return host.rstrip("/")
+    # A URI-style Connection (qwen_batch://:key@127.0.0.1:8000/compatible-mode/v1) splits the URL up.
+    local = host in ("localhost", "127.0.0.1", "::1")
+    scheme = "http" if local else "https"
+    port = f":{conn.port}" if getattr(conn, "port", None) else ""
+    path = (getattr(conn, "schema", None) or "compatible-mode/v1").strip("/")
+    return f"{scheme}://{host}{port}/{path}"
+
+
+def settings_from_connection(conn_id: str, conn: Any, log: Any) -> ConnectionSettings:
+    """Resolve a ``qwen_batch`` Connection into client settings.
+
+    :param conn_id: the Connection id (for messages).
+    :param conn: the Connection object.
+    :param log: where to say that the key came from the environment.
+    :raises ValueError: naming the Connection and the field that is wrong.
+    """
+    extras: dict[str, Any] = dict(conn.extra_dejson or {})
+    try:
+        region = Region.parse(_extra(extras, "region"))
+    except ValueError as exc:
+        raise ValueError(f"Connection {conn_id!r}, extra 'region': {exc}") from None
+
+    def number(name: str, default: float) -> float:
+        raw = _extra(extras, name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"Connection {conn_id!r}, extra {name!r}: expected a number, got {raw!r}"
+            ) from None
+        if value <= 0:
+            raise ValueError(f"Connection {conn_id!r}, extra {name!r}: must be positive, got {raw!r}")
+        return value
+
+    api_key = conn.password or ""
+    source = "connection"
+    if not api_key:
+        api_key = os.environ.get(API_KEY_ENV, "")
+        source = "environment"
+        if not api_key:
+            raise ValueError(
+                f"Connection {conn_id!r} has no API key (the password field) and {API_KEY_ENV} is not set"
+            )
+        # Airflow masks Connection passwords itself; a key from the environment must be masked here.
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(api_key)
+        log.info("Connection %r has no API key; using the %s environment variable", conn_id, API_KEY_ENV)
+    return ConnectionSettings(
+        conn_id=conn_id,
+        base_url=_base_url(conn, extras, region),
+        region=region,
+        timeout=number("timeout", 60.0),
+        connect_timeout=number("connect_timeout", 10.0),
+        max_retries=int(number("max_retries", 5.0, strict=False)),
+        api_key=api_key,
+        api_key_source=source,
+    )
