@@ -23,6 +23,7 @@ from airflow_provider_qwenbatch.client._core import (
     transport_error,
 )
 from airflow_provider_qwenbatch.client.errors import QwenBatchAPIError
+from airflow_provider_qwenbatch.client.logs import LoggerLike
 from airflow_provider_qwenbatch.client.models import (
     Batch,
     BatchCreateRequest,
@@ -58,7 +59,7 @@ class AsyncBatchClient(ClientCore):
         timeout: httpx.Timeout | float | None = None,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        logger: logging.Logger | None = None,
+        logger: LoggerLike | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         limits: httpx.Limits | None = None,
     ) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from airflow_provider_qwenbatch.client.aio import AsyncBatchClient
 from airflow_provider_qwenbatch.client.errors import NotFoundError, QwenBatchError
+from airflow_provider_qwenbatch.client.logs import LoggerLike
 from airflow_provider_qwenbatch.client.models import Batch
 from airflow_provider_qwenbatch.client.status import BatchStatus
 from airflow_provider_qwenbatch.client.sync import BatchClient
@@ -65,10 +66,9 @@ class CancelOutcome:
         return d
 
 
-def _log(logger: logging.Logger, outcome: CancelOutcome) -> CancelOutcome:
-    level = logging.WARNING if outcome.action is CancelAction.FAILED else logging.INFO
-    logger.log(
-        level,
+def _log(logger: LoggerLike, outcome: CancelOutcome) -> CancelOutcome:
+    emit = logger.warning if outcome.action is CancelAction.FAILED else logger.info
+    emit(
         "Cancel batch %s: %s (status=%s, x-request-id=%s)%s",
         outcome.batch_id,
         outcome.action.value,
@@ -108,7 +108,7 @@ def cancel_quietly(
     batch_id: str,
     *,
     budget: float = DEFAULT_KILL_BUDGET,
-    logger: logging.Logger | None = None,
+    logger: LoggerLike | None = None,
 ) -> CancelOutcome:
     """Cancel a batch if it is still running, within ``budget`` seconds, never raising.
 
@@ -155,7 +155,7 @@ async def acancel_quietly(
     batch_id: str,
     *,
     budget: float = DEFAULT_KILL_BUDGET,
-    logger: logging.Logger | None = None,
+    logger: LoggerLike | None = None,
 ) -> CancelOutcome:
     """Async twin of :func:`cancel_quietly`, for triggers.
 

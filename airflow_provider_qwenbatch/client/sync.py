@@ -23,6 +23,7 @@ from airflow_provider_qwenbatch.client._core import (
     transport_error,
 )
 from airflow_provider_qwenbatch.client.errors import QwenBatchAPIError
+from airflow_provider_qwenbatch.client.logs import LoggerLike
 from airflow_provider_qwenbatch.client.models import (
     Batch,
     BatchCreateRequest,
@@ -65,7 +66,7 @@ class BatchClient(ClientCore):
         timeout: httpx.Timeout | float | None = None,
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
-        logger: logging.Logger | None = None,
+        logger: LoggerLike | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         super().__init__(api_key, base_url, timeout)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from airflow_provider_qwenbatch.client.logs import LoggerLike
 
 # Log a progress line at most every this many percent (or bytes, when the size is unknown).
 _PCT_STEP = 10
@@ -23,7 +24,7 @@ class ProgressLog:
     :param total: size in bytes, if known.
     """
 
-    def __init__(self, logger: logging.Logger, what: str, total: int | None) -> None:
+    def __init__(self, logger: LoggerLike, what: str, total: int | None) -> None:
         self.logger = logger
         self.what = what
         self.total = total

@@ -186,7 +186,7 @@ def settings_from_connection(conn_id: str, conn: Any, log: Any) -> ConnectionSet
     except ValueError as exc:
         raise ValueError(f"Connection {conn_id!r}, extra 'region': {exc}") from None
 
-    def number(name: str, default: float) -> float:
+    def number(name: str, default: float, strict: bool = True) -> float:
         raw = _extra(extras, name)
         if raw is None:
             return default
@@ -196,8 +196,8 @@ def settings_from_connection(conn_id: str, conn: Any, log: Any) -> ConnectionSet
             raise ValueError(
                 f"Connection {conn_id!r}, extra {name!r}: expected a number, got {raw!r}"
             ) from None
-        if value <= 0:
-            raise ValueError(f"Connection {conn_id!r}, extra {name!r}: must be positive, got {raw!r}")
+        if value < 0 or (strict and value == 0):
+            raise ValueError(f"Connection {conn_id!r}, extra {name!r}: out of range, got {raw!r}")
         return value
 
     api_key = conn.password or ""

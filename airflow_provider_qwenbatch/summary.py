@@ -1,0 +1,73 @@
+"""The small JSON summary of a batch that goes to XCom and trigger events (never payloads)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_qwenbatch.client.logs import LoggerLike
+from airflow_provider_qwenbatch.client.models import Batch, RequestCounts
+
+
+def batch_summary(batch: Batch, **extra: Any) -> dict[str, Any]:
+    """Summarise a batch as plain JSON for XCom: ids, status, counts, file ids, timestamps.
+
+    :param batch: the batch.
+    :param extra: more small JSON values to include (e.g. ``console_url``).
+    """
+    counts = batch.counts
+    summary: dict[str, Any] = {
+        "batch_id": batch.id,
+        "status": batch.status.value,
+        "endpoint": batch.endpoint,
+        "input_file_id": batch.input_file_id,
+        "output_file_id": batch.output_file_id,
+        "error_file_id": batch.error_file_id,
+        "request_counts": {"total": counts.total, "completed": counts.completed, "failed": counts.failed},
+        "created_at": batch.created_at,
+        "completed_at": batch.completed_at,
+        "errors": [e.model_dump(mode="json", exclude_none=True) for e in batch.error_list],
+    }
+    summary.update(extra)
+    return summary
+
+
+def describe_end(batch: Batch) -> str:
+    """A one-line explanation of how a batch ended, for logs and exceptions.
+
+    :param batch: a terminal batch.
+    """
+    counts = batch.counts
+    text = (
+        f"Batch {batch.id} ended {batch.status.value}: {counts.completed} completed, {counts.failed} failed "
+        f"of {counts.total}"
+    )
+    if batch.error_list:
+        text += f"; errors: {batch.describe_errors()}"
+    if batch.error_file_id:
+        text += f"; error file {batch.error_file_id}"
+    if batch.x_request_id:
+        text += f" (x-request-id={batch.x_request_id})"
+    return text
+
+
+class ProgressReporter:
+    """Logs ``Batch <id> <status>: done/total (pct%)`` whenever the status or counts change.
+
+    :param logger: the task or trigger log.
+    """
+
+    def __init__(self, logger: LoggerLike) -> None:
+        self.logger = logger
+        self._last: tuple[str, RequestCounts] | None = None
+
+    def update(self, batch: Batch) -> bool:
+        """Log the batch's progress if it changed since the last call; return whether it did.
+
+        :param batch: the batch as just read.
+        """
+        key = (batch.status.value, batch.counts)
+        if key == self._last:
+            return False
+        self._last = key
+        self.logger.info("Batch %s %s: %s", batch.id, batch.status.value, batch.counts.progress())
+        return True
