@@ -164,7 +164,7 @@ async def test_download_refuses_an_id_that_would_change_the_url(make_api: MakeAp
     with pytest.raises(ValueError, match="invalid id"):
         await api.collect(method, "../batches/batch_1")
     assert router.requests == []
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # noqa: ASYNC240
 
 
 # ---- list filters: each recorded list request is reproduced exactly ------------------------
