@@ -75,12 +75,15 @@ class ConnectionSettings:
         )
 
     def console_url(self, batch_id: str | None = None) -> str:
-        """The Model Studio console page of the batch jobs (the console has no per-batch deep link).
+        """The Model Studio console page of the batch jobs.
 
-        :param batch_id: appended as a query hint so the link names the batch.
+        The console has no documented per-batch deep link; the id goes into the page's
+        fragment route so the link at least names the batch.
+
+        :param batch_id: the batch to name.
         """
         url = self.region.console_url
-        return f"{url}?batch_id={batch_id}" if batch_id and "?" not in url else url
+        return f"{url}?batch_id={batch_id}" if batch_id else url
 
 
 class QwenBatchHook(BaseHook):
