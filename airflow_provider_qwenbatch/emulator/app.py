@@ -373,7 +373,7 @@ def build_api(state: EmulatorState) -> FastAPI:
                     code="missing_required_parameter",
                     param="purpose",
                 )
-            file_id = f"file-batch-{new_hex()[:24]}"
+            file_id = f"file-batch-{new_hex()}"
             dest = state.files_dir / file_id
             # The multipart parser has already spooled the part to a temp file; copy it in
             # chunks off the event loop, counting lines as it goes.

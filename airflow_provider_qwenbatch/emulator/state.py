@@ -68,8 +68,8 @@ class ApiError(Exception):
 
 
 def new_hex() -> str:
-    """32 random hex digits, as in ``file-batch-<hex>``."""
-    return uuid.uuid4().hex
+    """24 random hex digits, as in the recorded ids ``file-batch-<hex>``."""
+    return uuid.uuid4().hex[:24]
 
 
 @dataclass
