@@ -242,3 +242,15 @@ async def test_outcome_is_json_able(make_api: MakeApi) -> None:
         "request_id": load("get-completed-batch").request_id,
         "detail": outcome.detail,
     }
+
+
+async def test_cancelling_batch_is_not_cancelled_twice(make_api: MakeApi) -> None:
+    router = (
+        Router().add("GET", BATCH, recorded("cancel-batch")).add("POST", CANCEL, recorded("cancel-batch"))
+    )
+    api = make_api(router)
+    outcome = await cancel(api)
+    assert router.seen("POST") == []
+    assert outcome.ok
+    assert outcome.status is not None
+    assert outcome.status.value == "cancelling"

@@ -512,3 +512,45 @@ def test_missing_api_key_is_refused() -> None:
 
     with pytest.raises(QwenBatchError, match="API key"):
         BatchClient("")
+
+
+def test_wait_for_batch_polls_until_terminal() -> None:
+    from airflow_provider_qwenbatch.client import BatchClient
+
+    from .conftest import BASE_URL, SleepRecorder
+
+    path = load("get-inprogress-batch").api_path
+    router = Router().add(
+        "GET",
+        path,
+        recorded("get-inprogress-batch"),
+        recorded("get-inprogress-batch"),
+        recorded("get-cancelled-batch"),
+    )
+    sleep = SleepRecorder()
+    seen: list[str] = []
+    with BatchClient(API_KEY, BASE_URL, transport=httpx.MockTransport(router), sleep=sleep) as client:
+        batch = client.wait_for_batch(
+            "batch_2ecfc43e-439e-4443-bfe8-9a36b89456d0",
+            poll_interval=60.0,
+            on_poll=lambda b: seen.append(b.status.value),
+        )
+    assert batch.status is BatchStatus.CANCELLED
+    assert seen == ["in_progress", "in_progress", "cancelled"]
+    assert sleep.delays == [60.0, 60.0]
+
+
+def test_wait_for_batch_gives_up_after_its_timeout() -> None:
+    from airflow_provider_qwenbatch.client import BatchClient
+
+    from .conftest import BASE_URL, SleepRecorder
+
+    router = Router().add("GET", load("get-inprogress-batch").api_path, recorded("get-inprogress-batch"))
+    with (
+        BatchClient(
+            API_KEY, BASE_URL, transport=httpx.MockTransport(router), sleep=SleepRecorder()
+        ) as client,
+        pytest.raises(TimeoutError, match="in_progress"),
+    ):
+        client.wait_for_batch("batch_2ecfc43e-439e-4443-bfe8-9a36b89456d0", poll_interval=60.0, timeout=30.0)
+    assert len(router.requests) == 1
