@@ -16,6 +16,7 @@ import httpx
 from airflow_provider_qwenbatch.client._core import (
     Call,
     ClientCore,
+    _path_id,
     decode_json,
     ensure_ok,
     model_parser,
@@ -29,6 +30,7 @@ from airflow_provider_qwenbatch.client.models import (
     BatchCreateRequest,
     BatchList,
     FileDeleted,
+    FileList,
     FileObject,
 )
 from airflow_provider_qwenbatch.client.retry import RetryPolicy
@@ -256,6 +258,17 @@ class AsyncBatchClient(ClientCore):
         """
         return await self._send(self._retrieve_file_call(file_id))
 
+    async def list_files(
+        self, *, after: str | None = None, limit: int | None = None, purpose: str | None = None
+    ) -> FileList:
+        """Read one page of files.
+
+        :param after: cursor (last id of the previous page).
+        :param limit: 1 to 2000.
+        :param purpose: e.g. ``batch``.
+        """
+        return await self._send(self._list_files_call(after=after, limit=limit, purpose=purpose))
+
     async def delete_file(self, file_id: str) -> FileDeleted:
         """Delete a file.
 
@@ -273,7 +286,7 @@ class AsyncBatchClient(ClientCore):
 
         async def attempt() -> int:
             with atomic_destination(Path(destination)) as out:
-                async with self._http.stream("GET", f"files/{file_id}/content") as response:
+                async with self._http.stream("GET", f"files/{_path_id(file_id)}/content") as response:
                     if response.is_error:
                         await response.aread()
                         ensure_ok(response)
@@ -294,7 +307,7 @@ class AsyncBatchClient(ClientCore):
 
         :param file_id: a result file id.
         """
-        async with self._http.stream("GET", f"files/{file_id}/content") as response:
+        async with self._http.stream("GET", f"files/{_path_id(file_id)}/content") as response:
             if response.is_error:
                 await response.aread()
                 ensure_ok(response)

@@ -231,7 +231,8 @@ def validate_jsonl_file(
                 checker.lines += 1
                 continue
             if not line.strip() and _rest_is_blank(fh):
-                # Trailing blank lines at the end of a file are harmless.
+                # Trailing blank lines at the end of a file are harmless (but still bytes of it).
+                checker.bytes = os.fstat(fh.fileno()).st_size
                 break
             checker.lines += 1
             checker.check_raw(n, line)
@@ -292,11 +293,11 @@ def write_jsonl(
                 checker.check_request(n, obj)
                 try:
                     data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-                except (TypeError, ValueError) as exc:
-                    checker.add(n, "invalid_json", f"request cannot be encoded as JSON: {exc}")
-                    continue
                 except UnicodeEncodeError as exc:
                     checker.add(n, "invalid_encoding", f"request is not valid UTF-8 text: {exc.reason}")
+                    continue
+                except (TypeError, ValueError) as exc:
+                    checker.add(n, "invalid_json", f"request cannot be encoded as JSON: {exc}")
                     continue
                 if len(data) > limits.max_line_bytes:
                     checker.add(

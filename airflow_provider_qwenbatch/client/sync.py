@@ -16,6 +16,7 @@ import httpx
 from airflow_provider_qwenbatch.client._core import (
     Call,
     ClientCore,
+    _path_id,
     decode_json,
     ensure_ok,
     model_parser,
@@ -305,7 +306,7 @@ class BatchClient(ClientCore):
         def attempt() -> int:
             with (
                 atomic_destination(Path(destination)) as out,
-                self._http.stream("GET", f"files/{file_id}/content") as response,
+                self._http.stream("GET", f"files/{_path_id(file_id)}/content") as response,
             ):
                 if response.is_error:
                     response.read()
@@ -326,7 +327,7 @@ class BatchClient(ClientCore):
 
         :param file_id: a result file id.
         """
-        with self._http.stream("GET", f"files/{file_id}/content") as response:
+        with self._http.stream("GET", f"files/{_path_id(file_id)}/content") as response:
             if response.is_error:
                 response.read()
                 ensure_ok(response)

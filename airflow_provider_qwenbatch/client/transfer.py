@@ -50,11 +50,16 @@ class ProgressLog:
 
 
 class _CountingReader:
-    """A file wrapper that reports each chunk read, so uploads log progress as they stream."""
+    """A file wrapper that reports each chunk read, so uploads log progress as they stream.
+
+    It shows httpx the file from the position it had when wrapped: httpx rewinds to 0 and
+    measures the length by seeking to the end, and both must mean "from here".
+    """
 
     def __init__(self, fh: IO[bytes], progress: ProgressLog) -> None:
         self._fh = fh
         self._progress = progress
+        self._start = fh.tell()
 
     def read(self, n: int = -1) -> bytes:
         chunk = self._fh.read(n)
@@ -62,15 +67,14 @@ class _CountingReader:
         return chunk
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        if whence == os.SEEK_SET and offset == 0:
-            self._progress.count = 0
-        return self._fh.seek(offset, whence)
+        if whence == os.SEEK_SET:
+            offset += self._start
+            if offset == self._start:
+                self._progress.count = 0
+        return self._fh.seek(offset, whence) - self._start
 
     def tell(self) -> int:
-        return self._fh.tell()
-
-    def fileno(self) -> int:
-        return self._fh.fileno()
+        return self._fh.tell() - self._start
 
 
 def upload_fields(
