@@ -50,11 +50,15 @@ def test_full_flow_with_the_openai_sdk(sdk: OpenAI) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.02)
         b = sdk.batches.retrieve(b.id)
-    assert b.request_counts is not None and b.request_counts.completed == 5
-    assert b.output_file_id is not None and b.error_file_id is None
+    assert b.request_counts is not None
+    assert b.request_counts.completed == 5
+    assert b.output_file_id is not None
+    assert b.error_file_id is None
     lines = [json.loads(x) for x in sdk.files.content(b.output_file_id).text.splitlines()]
     assert sorted(x["custom_id"] for x in lines) == [str(i) for i in range(5)]
-    assert {x["response"]["body"]["choices"][0]["message"]["content"] for x in lines} == {"This is a test result."}
+    assert {x["response"]["body"]["choices"][0]["message"]["content"] for x in lines} == {
+        "This is a test result."
+    }
 
     page = sdk.batches.list(limit=10, extra_query={"ds_name": "af-123", "status": "completed"})
     assert [x.id for x in page.data] == [b.id]
@@ -77,7 +81,8 @@ def test_cancel_with_the_openai_sdk(sdk: OpenAI, emu: EmulatorHandle) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.02)
         c = sdk.batches.retrieve(b.id)
-    assert c.cancelling_at is not None and c.cancelled_at is not None
+    assert c.cancelling_at is not None
+    assert c.cancelled_at is not None
 
 
 def test_sdk_sees_auth_errors(emu: EmulatorHandle) -> None:

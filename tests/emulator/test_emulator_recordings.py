@@ -52,7 +52,11 @@ def assert_same_shape(real: Any, ours: Any, path: str = "$", *, free_keys: bool 
             assert_same_shape(real[0], item, f"{path}[]")
 
 
-META = {"ds_name": "测试任务", "ds_description": "任务描述", "ds_batch_finish_callback": "https://www.cnblogs.com"}
+META = {
+    "ds_name": "测试任务",
+    "ds_description": "任务描述",
+    "ds_batch_finish_callback": "https://www.cnblogs.com",
+}
 
 
 @pytest.fixture
@@ -72,7 +76,9 @@ def test_create_batch_reply(http: httpx.Client, helpers: Any) -> None:
     assert ours["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
 
 
-def test_batch_objects_in_every_recorded_status(http: httpx.Client, helpers: Any, emu: EmulatorHandle) -> None:
+def test_batch_objects_in_every_recorded_status(
+    http: httpx.Client, helpers: Any, emu: EmulatorHandle
+) -> None:
     done = helpers.run_batch(http, helpers.chat_lines(3), metadata=META)
     assert_same_shape(recorded("get-completed-batch"), done)
     bad = helpers.run_batch(http, helpers.chat_lines(2, model="batch-test-model"), metadata=META)
