@@ -7,13 +7,17 @@ to the run and cancels those still in flight: nothing keeps billing after the fa
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 
-from _settings import MODEL, POLL_INTERVAL
 from airflow.sdk import dag, task
 
 from airflow_provider_qwenbatch.callbacks import cancel_batches_on_failure
 from airflow_provider_qwenbatch.operators.batch import SubmitBatchOperator
+
+# Poll about once a minute in production; the local demo sets QWENBATCH_POLL_INTERVAL=1.
+POLL_INTERVAL = float(os.environ.get("QWENBATCH_POLL_INTERVAL", "60"))
+MODEL = os.environ.get("QWENBATCH_MODEL", "qwen-flash")
 
 LINES = 2000
 

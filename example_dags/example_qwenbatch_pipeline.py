@@ -9,14 +9,19 @@ the trigger cancels the batch; if any task fails, the callback cancels what is s
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from typing import Any
 
-from _settings import MODEL, POLL_INTERVAL, RESULTS_DIR
 from airflow.sdk import dag, task
 
 from airflow_provider_qwenbatch.callbacks import cancel_batches_on_failure
 from airflow_provider_qwenbatch.operators.batch import DownloadBatchResultsOperator, SubmitBatchOperator
+
+# Poll about once a minute in production; the local demo sets QWENBATCH_POLL_INTERVAL=1.
+POLL_INTERVAL = float(os.environ.get("QWENBATCH_POLL_INTERVAL", "60"))
+RESULTS_DIR = os.environ.get("QWENBATCH_RESULTS_DIR", "/tmp/qwenbatch-results")
+MODEL = os.environ.get("QWENBATCH_MODEL", "qwen-flash")
 
 REVIEWS = [
     ("r-001", "The blender is loud but it crushes ice in seconds."),

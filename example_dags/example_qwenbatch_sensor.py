@@ -7,13 +7,17 @@ the provider's listener (``[qwenbatch] cancel_on_dag_run_failed``) cancels the b
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 
-from _settings import POLL_INTERVAL, RESULTS_DIR
 from airflow.sdk import dag
 
 from airflow_provider_qwenbatch.operators.batch import DownloadBatchResultsOperator, SubmitBatchOperator
 from airflow_provider_qwenbatch.sensors.batch import BatchStatusSensor
+
+# Poll about once a minute in production; the local demo sets QWENBATCH_POLL_INTERVAL=1.
+POLL_INTERVAL = float(os.environ.get("QWENBATCH_POLL_INTERVAL", "60"))
+RESULTS_DIR = os.environ.get("QWENBATCH_RESULTS_DIR", "/tmp/qwenbatch-results")
 
 EMBED_TEXTS = ["red apples", "green pears", "yellow bananas", "purple grapes"]
 

@@ -1,0 +1,65 @@
+"""Integration fixtures: the real emulator over loopback, a migrated Airflow DB, the Connection."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_qwenbatch.emulator.config import EmulatorConfig
+from airflow_provider_qwenbatch.emulator.server import EmulatorHandle, running_emulator
+from tests.airflow_env import migrated_db
+
+# Realistic but quick: a 5-line batch completes within a second or two, a 2,000-line one
+# runs for several seconds, so tests can act on it while it is in progress.
+FAST = {
+    "validation_delay": 0.2,
+    "lines_per_second": 200.0,
+    "finalize_delay": 0.1,
+    "cancel_delay": 0.3,
+    "tick_interval": 0.02,
+}
+API_KEY = "sk-INTEGRATION-7c1e5d"
+
+
+@pytest.fixture(scope="session")
+def emulator_session() -> Iterator[EmulatorHandle]:
+    with running_emulator(EmulatorConfig(port=0, api_key=API_KEY, **FAST)) as handle:  # type: ignore[arg-type]
+        yield handle
+
+
+@pytest.fixture
+def emulator(emulator_session: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorHandle]:
+    """A clean emulator for each test, and the default Connection pointing at it."""
+    emulator_session.reset()
+    emulator_session.clear_faults()
+    emulator_session.set_config(line_error_rate=0.0, line_soft_error_rate=0.0, time_scale=1.0, **FAST)
+    monkeypatch.setenv("AIRFLOW_CONN_QWEN_BATCH_DEFAULT", conn_json(emulator_session))
+    yield emulator_session
+
+
+def conn_json(handle: EmulatorHandle, **extra: Any) -> str:
+    """The ``qwen_batch`` Connection of an emulator, as Airflow reads it from an env var."""
+    return json.dumps(
+        {
+            "conn_type": "qwen_batch",
+            "password": handle.api_key,
+            "host": handle.base_url,
+            "extra": {"max_retries": 3, **extra},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated metadata DB at the session's AIRFLOW_HOME (see tests/conftest.py)."""
+    db = Path(os.environ["AIRFLOW_HOME"]) / "airflow.db"
+    migrated_db(db)
+    from airflow import settings
+
+    settings.configure_orm()
+    return db
