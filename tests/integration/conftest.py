@@ -33,13 +33,13 @@ def emulator_session() -> Iterator[EmulatorHandle]:
 
 
 @pytest.fixture
-def emulator(emulator_session: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorHandle]:
+def emulator(emulator_session: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> EmulatorHandle:
     """A clean emulator for each test, and the default Connection pointing at it."""
     emulator_session.reset()
     emulator_session.clear_faults()
     emulator_session.set_config(line_error_rate=0.0, line_soft_error_rate=0.0, time_scale=1.0, **FAST)
     monkeypatch.setenv("AIRFLOW_CONN_QWEN_BATCH_DEFAULT", conn_json(emulator_session))
-    yield emulator_session
+    return emulator_session
 
 
 def conn_json(handle: EmulatorHandle, **extra: Any) -> str:
