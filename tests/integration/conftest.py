@@ -12,7 +12,7 @@ import pytest
 
 from airflow_provider_qwenbatch.emulator.config import EmulatorConfig
 from airflow_provider_qwenbatch.emulator.server import EmulatorHandle, running_emulator
-from tests.airflow_env import migrated_db
+from scripts.airflow_env import migrated_db
 
 # Realistic but quick: a 5-line batch completes within a second or two, a 2,000-line one
 # runs for several seconds, so tests can act on it while it is in progress.

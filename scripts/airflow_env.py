@@ -8,13 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository
 CACHE = ROOT / ".tmp"
 
 
 def migrated_db(target: Path) -> Path:
-    """
-    Put a migrated SQLite metadata DB at ``target``: copy the cached template, or migrate once (~12 s).
+    """Put a migrated SQLite metadata DB at ``target``: copy the cached template, or migrate once (~12 s).
 
     :param target: where the DB file must be.
     """
