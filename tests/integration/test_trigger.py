@@ -1,0 +1,193 @@
+"""
+BatchStatusTrigger driven by Airflow's own TriggerRunner.run_trigger, in-process, against the emulator.
+
+The runner's cancel paths are the real ones: a user kill cancels with the
+``__airflow_user_action__`` marker and then awaits ``on_kill()``; a triggerer restart
+cancels without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_qwenbatch.emulator.server import EmulatorHandle
+from airflow_provider_qwenbatch.triggers.batch import BatchStatusTrigger
+from tests.integration.conftest import conn_json
+from tests.integration.helpers import create_batch, status_of
+
+pytestmark = pytest.mark.integration
+
+
+class RunnerHarness:
+    """One trigger inside a real TriggerRunner."""
+
+    def __init__(self, trigger: BatchStatusTrigger) -> None:
+        from airflow.jobs.triggerer_job_runner import TriggerRunner
+
+        self.runner = TriggerRunner()
+        self.task = asyncio.get_running_loop().create_task(self.runner.run_trigger(1, trigger))
+        self.runner.triggers[1] = {
+            "task": self.task,
+            "name": "qwen-trigger",
+            "events": 0,
+            "is_watcher": False,
+        }
+
+    async def user_kill(self) -> None:
+        self.runner.to_cancel.append(1)
+        await self.runner.cancel_triggers()
+
+    async def finished(self, timeout: float = 30.0) -> None:
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(self.task, timeout)
+
+    def events(self) -> list[dict[str, Any]]:
+        return [entry.event.payload for entry in self.runner.events]
+
+
+async def _until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await asyncio.to_thread(predicate)
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+async def long_batch(emulator: EmulatorHandle, tmp_path: Path) -> AsyncIterator[str]:
+    emulator.set_config(lines_per_second=20.0)
+    batch = await asyncio.to_thread(create_batch, emulator, tmp_path, 2000)
+    yield batch.id
+
+
+def _polled(emulator: EmulatorHandle, batch_id: str) -> bool:
+    return bool(emulator.requests(endpoint="get_batch", batch_id=batch_id))
+
+
+async def test_user_kill_cancels_the_batch(emulator: EmulatorHandle, long_batch: str) -> None:
+    harness = RunnerHarness(BatchStatusTrigger(batch_id=long_batch, poll_interval=0.2))
+    await _until(lambda: _polled(emulator, long_batch), what="the trigger's first poll")
+    await harness.user_kill()
+    await harness.finished()
+    cancels = emulator.requests(endpoint="cancel_batch", batch_id=long_batch)
+    assert [c["status"] for c in cancels] == [200]
+    await _until(lambda: status_of(emulator, long_batch) == "cancelled", what="cancelled")
+    assert harness.events() == []
+
+
+async def test_restart_does_not_cancel(emulator: EmulatorHandle, long_batch: str) -> None:
+    harness = RunnerHarness(BatchStatusTrigger(batch_id=long_batch, poll_interval=0.2))
+    await _until(lambda: _polled(emulator, long_batch), what="the trigger's first poll")
+    harness.task.cancel()  # what a triggerer shutdown does: no user-action marker
+    await harness.finished()
+    await asyncio.sleep(0.5)
+    assert emulator.requests(endpoint="cancel_batch", batch_id=long_batch) == []
+    assert status_of(emulator, long_batch) in ("validating", "in_progress")
+
+
+async def test_kill_with_slow_server_still_cancels_despite_recancellation(
+    emulator: EmulatorHandle, long_batch: str
+) -> None:
+    emulator.set_faults({"cancel_batch": {"latency_ms": 3000}})
+    harness = RunnerHarness(BatchStatusTrigger(batch_id=long_batch, poll_interval=0.2))
+    await _until(lambda: _polled(emulator, long_batch), what="the trigger's first poll")
+    await harness.user_kill()
+    # Airflow 3.3.2's triggerer re-cancels a cancelled trigger about once a second.
+    for _ in range(3):
+        await asyncio.sleep(1.0)
+        harness.task.cancel()
+    await harness.finished()
+    await _until(
+        lambda: (
+            [c["status"] for c in emulator.requests(endpoint="cancel_batch", batch_id=long_batch)] == [200]
+        ),
+        timeout=15,
+        what="the slow cancel to be answered",
+    )
+    await _until(lambda: status_of(emulator, long_batch) == "cancelled", what="cancelled")
+
+
+async def test_cancel_on_kill_false_leaves_the_batch(emulator: EmulatorHandle, long_batch: str) -> None:
+    harness = RunnerHarness(BatchStatusTrigger(batch_id=long_batch, poll_interval=0.2, cancel_on_kill=False))
+    await _until(lambda: _polled(emulator, long_batch), what="the trigger's first poll")
+    await harness.user_kill()
+    await harness.finished()
+    assert emulator.requests(endpoint="cancel_batch", batch_id=long_batch) == []
+
+
+async def _collect(trigger: BatchStatusTrigger) -> list[dict[str, Any]]:
+    events = []
+    async for event in trigger.run():
+        events.append(event.payload)
+    await trigger.cleanup()
+    return events
+
+
+async def test_one_success_event_with_summary(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    batch = await asyncio.to_thread(create_batch, emulator, tmp_path, 5)
+    events = await asyncio.wait_for(_collect(BatchStatusTrigger(batch_id=batch.id, poll_interval=0.1)), 30)
+    assert len(events) == 1
+    (event,) = events
+    assert event["status"] == "success" and event["batch_status"] == "completed"
+    assert event["batch"]["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
+    assert event["batch"]["output_file_id"].startswith("file-batch_output-")
+
+
+async def test_failed_batch_event_carries_server_errors(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    rows = [
+        {"custom_id": "a", "method": "POST", "url": "/v1/chat/completion", "body": {"model": "qwen-flash"}},
+    ]
+    batch = await asyncio.to_thread(create_batch, emulator, tmp_path, rows=rows)
+    (event,) = await asyncio.wait_for(_collect(BatchStatusTrigger(batch_id=batch.id, poll_interval=0.1)), 30)
+    assert event["status"] == "failed" and event["batch_status"] == "failed"
+    assert "url_not_found" in event["message"] and "line 1" in event["message"]
+
+
+async def test_deadline_cancels_and_sends_timeout(emulator: EmulatorHandle, long_batch: str) -> None:
+    trigger = BatchStatusTrigger(batch_id=long_batch, poll_interval=0.2, deadline=time.time() + 1.0)
+    (event,) = await asyncio.wait_for(_collect(trigger), 30)
+    assert event["status"] == "timeout"
+    assert "cancel: cancel_requested" in event["message"]
+    assert len(emulator.requests(endpoint="cancel_batch", batch_id=long_batch)) == 1
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [("unknown_batch", "HTTP 404"), ("wrong_key", "HTTP 401")],
+)
+async def test_bad_answers_give_an_error_event_not_a_crash(
+    emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, case: str, needle: str
+) -> None:
+    batch_id = "batch_00000000-0000-0000-0000-000000000000"
+    if case == "wrong_key":
+        batch_id = (await asyncio.to_thread(create_batch, emulator, tmp_path, 1)).id
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_QWEN_WRONG", conn_json(emulator).replace(emulator.api_key, "sk-wrong")
+        )
+    conn_id = "qwen_wrong" if case == "wrong_key" else "qwen_batch_default"
+    (event,) = await asyncio.wait_for(_collect(BatchStatusTrigger(batch_id=batch_id, conn_id=conn_id)), 30)
+    assert event["status"] == "error"
+    assert needle in event["message"] and "x-request-id=" in event["message"]
+
+
+def test_serialize_round_trip_has_no_secret(emulator: EmulatorHandle) -> None:
+    trigger = BatchStatusTrigger(batch_id="batch_x", conn_id="c", poll_interval=5, deadline=123.0)
+    path, kwargs = trigger.serialize()
+    assert path == "airflow_provider_qwenbatch.triggers.batch.BatchStatusTrigger"
+    assert kwargs == {
+        "batch_id": "batch_x",
+        "conn_id": "c",
+        "poll_interval": 5,
+        "deadline": 123.0,
+        "cancel_on_kill": True,
+    }
+    assert emulator.api_key not in repr(kwargs)
+    assert BatchStatusTrigger(**kwargs).serialize() == (path, kwargs)
