@@ -1,0 +1,107 @@
+"""What the system tests read from the emulator: a run's batches, their cancel requests, their status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_qwenbatch.client.identity import find_tags, run_tag
+from airflow_provider_qwenbatch.emulator import EmulatorHandle
+from tests.system.stack import poll
+
+
+class EmulatorView:
+    """Read-only helpers over the emulator's admin API.
+
+    :param handle: the running emulator.
+    """
+
+    def __init__(self, handle: EmulatorHandle) -> None:
+        self.handle = handle
+
+    def run_batches(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Every batch tagged to a DAG run (public batch objects), oldest first."""
+        prefix = run_tag(dag_id, run_id)
+        found = []
+        for state in self.handle.batches(lines=False):
+            batch = state["batch"]
+            ds_name = (batch.get("metadata") or {}).get("ds_name") or ""
+            if any(t.startswith(prefix) for t in find_tags(ds_name)):
+                found.append(batch)
+        return sorted(found, key=lambda b: (b["created_at"], b["id"]))
+
+    def wait_run_batches(
+        self,
+        dag_id: str,
+        run_id: str,
+        count: int,
+        timeout: float,
+        statuses: tuple[str, ...] = ("in_progress",),
+    ) -> list[dict[str, Any]]:
+        """Wait until the run has ``count`` batches, all in one of ``statuses``.
+
+        :param dag_id: the DAG.
+        :param run_id: the run.
+        :param count: how many batches.
+        :param timeout: seconds.
+        :param statuses: acceptable statuses.
+        """
+
+        def probe() -> list[dict[str, Any]] | None:
+            batches = self.run_batches(dag_id, run_id)
+            if len(batches) == count and all(b["status"] in statuses for b in batches):
+                return batches
+            return None
+
+        return poll(
+            f"{count} batch(es) of {dag_id}/{run_id} in {statuses}",
+            probe,
+            timeout,
+            0.25,
+            on_timeout=lambda: str([(b["id"], b["status"]) for b in self.run_batches(dag_id, run_id)]),
+        )
+
+    def status(self, batch_id: str) -> str:
+        """The batch's status now."""
+        return str(self.handle.batch_state(batch_id)["batch"]["status"])
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        """The public batch object."""
+        result: dict[str, Any] = self.handle.batch_state(batch_id)["batch"]
+        return result
+
+    def cancel_requests(self, batch_id: str) -> list[dict[str, Any]]:
+        """Every ``POST /batches/{id}/cancel`` the emulator received for the batch, oldest first."""
+        return self.handle.requests(endpoint="cancel_batch", batch_id=batch_id)
+
+    def polls(self, batch_id: str) -> list[dict[str, Any]]:
+        """Every ``GET /batches/{id}`` for the batch."""
+        return self.handle.requests(endpoint="get_batch", batch_id=batch_id)
+
+    def creates(self, batch_ids: set[str]) -> list[dict[str, Any]]:
+        """``POST /batches`` requests that created one of ``batch_ids``."""
+        return [e for e in self.handle.requests(endpoint="create_batch") if e.get("batch_id") in batch_ids]
+
+    def wait_cancel_request(self, batch_id: str, timeout: float) -> dict[str, Any]:
+        """Wait for the first cancel request of the batch; returns its log entry (``wall`` = arrival time)."""
+        return poll(
+            f"a cancel request for batch {batch_id}",
+            lambda: (self.cancel_requests(batch_id) or [None])[0],
+            timeout,
+            0.1,
+            on_timeout=lambda: f"batch is {self.status(batch_id)}",
+        )
+
+    def wait_status(self, batch_id: str, status: str, timeout: float) -> dict[str, Any]:
+        """Wait until the batch has ``status``."""
+
+        def probe() -> dict[str, Any] | None:
+            batch = self.batch(batch_id)
+            return batch if batch["status"] == status else None
+
+        return poll(
+            f"batch {batch_id} to be {status}",
+            probe,
+            timeout,
+            0.25,
+            on_timeout=lambda: f"batch is {self.status(batch_id)}",
+        )
