@@ -51,3 +51,28 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = 
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class StubTI:
+    """The few task-instance attributes the operators read; XCom kept in a dict."""
+
+    def __init__(
+        self, dag_id: str = "dag", run_id: str = "run-1", task_id: str = "task", try_number: int = 1
+    ) -> None:
+        self.dag_id = dag_id
+        self.run_id = run_id
+        self.task_id = task_id
+        self.map_index = -1
+        self.try_number = try_number
+        self.xcom: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[key] = value
+
+    def xcom_pull(self, task_ids: str | None = None, key: str = "return_value", **_: Any) -> Any:
+        return self.xcom.get(key)
+
+
+def context_for(ti: StubTI) -> dict[str, Any]:
+    """A minimal execution context around a stub task instance."""
+    return {"ti": ti, "task_instance": ti, "run_id": ti.run_id}
