@@ -13,7 +13,11 @@ from airflow_provider_qwenbatch.get_provider_info import get_provider_info
 
 
 def test_entry_point_resolves_to_provider_info() -> None:
-    eps = [ep for ep in entry_points(group="apache_airflow_provider") if ep.value.startswith("airflow_provider_qwenbatch")]
+    eps = [
+        ep
+        for ep in entry_points(group="apache_airflow_provider")
+        if ep.value.startswith("airflow_provider_qwenbatch")
+    ]
     assert len(eps) == 1
     info = eps[0].load()()
     assert info["package-name"] == "airflow-provider-qwenbatch"
@@ -41,7 +45,9 @@ def test_providers_manager_knows_hook_connection_type_and_fields() -> None:
         " hook.connection_id_attribute_name, 'widgets': widgets, 'behaviour': beh,"
         " 'links': sorted(pm.extra_links_class_names), 'plugins': [p.name for p in pm.plugins]}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
     data = json.loads(out.stdout.strip().splitlines()[-1])
     assert "airflow-provider-qwenbatch" in data["providers"]
     assert data["hook"] == "airflow_provider_qwenbatch.hooks.qwen_batch.QwenBatchHook"
@@ -61,7 +67,10 @@ def test_providers_manager_knows_hook_connection_type_and_fields() -> None:
 def test_airflow_cli_lists_the_provider() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "airflow", "providers", "list", "-o", "json"],
-        capture_output=True, text=True, check=True, timeout=180,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=180,
     )
     names = [p["package_name"] for p in json.loads(out.stdout[out.stdout.index("[") :])]
     assert "airflow-provider-qwenbatch" in names

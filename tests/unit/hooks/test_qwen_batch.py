@@ -37,7 +37,9 @@ def test_unknown_region_names_connection_and_field() -> None:
 
 def test_base_url_override_from_host_full_url_and_uri_parts() -> None:
     log = logging.getLogger("t")
-    s = settings_from_connection("c", _conn(password=KEY, host="http://127.0.0.1:8123/compatible-mode/v1/"), log)
+    s = settings_from_connection(
+        "c", _conn(password=KEY, host="http://127.0.0.1:8123/compatible-mode/v1/"), log
+    )
     assert s.base_url == "http://127.0.0.1:8123/compatible-mode/v1"
     s = settings_from_connection("c", _conn(password=KEY, host="127.0.0.1", port=9000), log)
     assert s.base_url == "http://127.0.0.1:9000/compatible-mode/v1"
