@@ -204,8 +204,19 @@ class SubmitBatchOperator(_QwenBatchBaseOperator):
             raise BatchInputError(f"{self.task_id}: {exc}") from None
 
     def _create_request(self, tag: BatchTag, input_file_id: str) -> BatchCreateRequest:
+        if self.metadata is not None and not isinstance(self.metadata, Mapping):
+            raise BatchInputError(
+                f"{self.task_id}: invalid batch parameters: metadata must be a dict, "
+                f"got {type(self.metadata).__name__}"
+            )
         metadata = dict(self.metadata or {})
-        metadata["ds_name"] = tag.ds_name(metadata.get("ds_name"))
+        user_name = metadata.get("ds_name")
+        if user_name is not None and not isinstance(user_name, str):
+            raise BatchInputError(
+                f"{self.task_id}: invalid batch parameters: metadata.ds_name must be a string, "
+                f"got {type(user_name).__name__}"
+            )
+        metadata["ds_name"] = tag.ds_name(user_name)
         try:
             return BatchCreateRequest(
                 input_file_id=input_file_id,
