@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".tmp"
@@ -165,6 +166,8 @@ class Component:
         if proc is None:
             return
         pgid = proc.pid  # start_new_session=True: the leader's PID is the group id
+        # Task processes may start their own process groups: remember every descendant first.
+        descendants = _descendants(proc.pid)
         try:
             if proc.poll() is None or self._group_alive(pgid):
                 with contextlib.suppress(ProcessLookupError):
@@ -179,8 +182,19 @@ class Component:
                         os.killpg(pgid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=10)
+            for child in descendants:
+                with contextlib.suppress(psutil.Error):
+                    if child.is_running():
+                        child.kill()  # psutil checks the PID still is that process (create time)
         finally:
             _LIVE.discard(self)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
 
 
 def _stop_leftovers() -> None:
