@@ -85,16 +85,12 @@ def prepare_path(uri: str, endpoint: str, conn_id: str | None = None) -> Prepare
     try:
         with remote.open("rb") as src, local.open("wb") as dst:  # type: ignore[no-untyped-call]
             shutil.copyfileobj(src, dst, _COPY_CHUNK)
-        summary = validate_jsonl_file(local, endpoint)
+        # Errors name the user's URI, not the temporary copy.
+        summary = validate_jsonl_file(local, endpoint, source=uri)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    # Errors name the user's URI, not our temporary copy.
-    return PreparedInput(local, _renamed(summary, uri), temporary=True)
-
-
-def _renamed(summary: InputSummary, source: str) -> InputSummary:
-    return InputSummary(source, summary.lines, summary.bytes, summary.model, summary.endpoint)
+    return PreparedInput(local, summary, temporary=True)
 
 
 def store_file(local: Path, destination: str, conn_id: str | None = None) -> str:

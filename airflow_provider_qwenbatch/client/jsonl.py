@@ -189,7 +189,11 @@ class _Checker:
 
 
 def validate_jsonl_file(
-    path: str | os.PathLike[str], endpoint: str, *, limits: InputLimits = DEFAULT_LIMITS
+    path: str | os.PathLike[str],
+    endpoint: str,
+    *,
+    limits: InputLimits = DEFAULT_LIMITS,
+    source: str | None = None,
 ) -> InputSummary:
     """Check a JSONL input file against every rule of the Batch API, in one streaming pass.
 
@@ -198,12 +202,14 @@ def validate_jsonl_file(
     :param path: the file.
     :param endpoint: the batch endpoint every line's ``url`` must equal.
     :param limits: size limits (the API's by default).
+    :param source: how to name the file in errors (default: the path), e.g. the URI it was copied from.
     :raises InputValidationError: listing each problem with the file, line and rule.
     """
-    source = os.fspath(path)
+    local = os.fspath(path)
+    source = source or local
     checker = _Checker(source, endpoint, limits)
     try:
-        fh = open(source, "rb")  # noqa: SIM115 - closed below; a with-block would hide the OSError case
+        fh = open(local, "rb")  # noqa: SIM115 - closed below; a with-block would hide the OSError case
     except OSError as exc:
         raise InputValidationError(source, [ValidationProblem(None, "unreadable", str(exc))]) from None
     with fh:

@@ -238,3 +238,41 @@ def _swallow(fn: Any, *args: Any) -> None:
     # The sensor's own ending after the kill is not what this test checks.
     with contextlib.suppress(BaseException):
         fn(*args)
+
+
+@pytest.fixture
+def memory_store() -> None:
+    """An object store Airflow's ObjectStoragePath resolves (fsspec's in-memory filesystem)."""
+    from airflow.sdk.io import attach
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    attach("memory", fs=MemoryFileSystem())
+
+
+@pytest.mark.usefixtures("memory_store")
+def test_object_storage_input_and_destination(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    from airflow.sdk import ObjectStoragePath
+
+    src = ObjectStoragePath("memory://qwen-in/requests.jsonl")
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_text("\n".join(json.dumps(r) for r in chat_requests(4)) + "\n")
+    summary = _submit(input_path="memory://qwen-in/requests.jsonl").execute(context_for(StubTI()))
+    assert summary["request_counts"]["completed"] == 4
+    result = DownloadBatchResultsOperator(
+        task_id="dl", batch_id=summary["batch_id"], destination="memory://qwen-out/results"
+    ).execute({})
+    assert result["output_path"] == f"memory://qwen-out/results/{summary['batch_id']}/output.jsonl"
+    lines = ObjectStoragePath(result["output_path"]).read_text().splitlines()
+    assert sorted(json.loads(x)["custom_id"] for x in lines) == [f"req-{i}" for i in range(4)]
+
+
+@pytest.mark.usefixtures("memory_store")
+def test_object_storage_input_errors_name_the_uri(emulator: EmulatorHandle) -> None:
+    from airflow.sdk import ObjectStoragePath
+
+    src = ObjectStoragePath("memory://qwen-bad/requests.jsonl")
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_text('{"custom_id": "a"\n')
+    with pytest.raises(BatchInputError, match=r"memory://qwen-bad/requests\.jsonl:1: \[invalid_json\]"):
+        _submit(input_path="memory://qwen-bad/requests.jsonl").execute(context_for(StubTI()))
+    assert emulator.requests() == []
