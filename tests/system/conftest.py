@@ -148,7 +148,7 @@ def system(request: pytest.FixtureRequest) -> Iterator[System]:
         failed_setup = False
         yield System(stack=stack, api=api, emu=EmulatorView(handle), handle=handle, data=data)
     finally:
-        failed = failed_setup or any(o != "passed" for o in _OUTCOMES.values())
+        failed = failed_setup or any(o in ("failed", "xpassed") for o in _OUTCOMES.values())
         kept = None
         if failed:
             try:
@@ -181,7 +181,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if item.get_closest_marker("system") is None:
         return
     if report.when == "call" or (report.when == "setup" and not report.passed):
-        _OUTCOMES[item.nodeid] = "passed" if report.passed else ("skipped" if report.skipped else "failed")
+        if hasattr(report, "wasxfail"):
+            _OUTCOMES[item.nodeid] = "xfailed" if report.skipped else "xpassed"
+        else:
+            _OUTCOMES[item.nodeid] = "passed" if report.passed else ("skipped" if report.skipped else "failed")
 
 
 def _figures(values: list[float]) -> dict[str, Any]:

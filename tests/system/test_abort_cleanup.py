@@ -12,8 +12,11 @@ restarts the api-server with the listener switched on.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import signal
+import subprocess
+import sys
 import time
 from datetime import datetime
 from typing import Any
@@ -291,12 +294,47 @@ def test_s11_mapped_run_marked_failed(system: System, record: dict[str, Any]) ->
 # ---- 5 (last: switches the listener on) ----------------------------------------------------
 
 
+def _plugin_entry_point_installed() -> bool:
+    """Whether the package declares its plugin as an ``airflow.plugins`` entry point (loaded by default)."""
+    return any(
+        ep.value.startswith("airflow_provider_qwenbatch.")
+        for ep in importlib.metadata.entry_points(group="airflow.plugins")
+    )
+
+
+_LISTENER_NOT_LOADED = (
+    "Airflow 3.3 loads a provider-info 'plugins' entry only with [core] lazy_discover_providers=False; "
+    "the package needs an 'airflow.plugins' entry point (pyproject.toml) for the listener to load by default"
+)
+
+
+@pytest.mark.xfail(not _plugin_entry_point_installed(), reason=_LISTENER_NOT_LOADED, strict=True)
+def test_s05a_listener_registered_with_default_settings(system: System, record: dict[str, Any]) -> None:
+    """With default settings, an Airflow process (as the api-server) has the clean-up listener registered."""
+    record["scenario"] = "05a listener registered by default"
+    env = dict(system.stack.env, AIRFLOW__QWENBATCH__CANCEL_ON_DAG_RUN_FAILED="True")
+    code = (
+        "from airflow.listeners.listener import get_listener_manager\n"
+        "print('LISTENERS', [getattr(p, '__name__', '') for p in get_listener_manager().pm.get_plugins()])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    record["note"] = (
+        "registered" if "airflow_provider_qwenbatch.listener" in out else "NOT registered (see report)"
+    )
+    assert "airflow_provider_qwenbatch.listener" in out, out[-2000:]
+
+
 def test_s05_sensor_reschedule_run_marked_failed_listener(system: System, record: dict[str, Any]) -> None:
     """Sensor in reschedule mode, between pokes (no process); run marked failed -> the listener plugin cancels."""
     record["scenario"] = "05 sensor reschedule, run failed (listener)"
-    record["api_server_restart_s"] = round(
-        system.stack.restart("api-server", {"AIRFLOW__QWENBATCH__CANCEL_ON_DAG_RUN_FAILED": "True"}), 1
-    )
+    env = {"AIRFLOW__QWENBATCH__CANCEL_ON_DAG_RUN_FAILED": "True"}
+    if not _plugin_entry_point_installed():
+        # Until the entry point exists, the plugin loads only with eager provider discovery (see 05a).
+        env["AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS"] = "False"
+        record["config"] = "api-server with [core] lazy_discover_providers=False (workaround)"
+    record["api_server_restart_s"] = round(system.stack.restart("api-server", env), 1)
     poll("the api-server to answer", system.api.ping, 120.0, 0.5)
     system.api.client.get("/execution/health")
     dag_id, run_id = "sys_s05_sensor_reschedule", system.new_run_id("s05")
@@ -308,7 +346,5 @@ def test_s05_sensor_reschedule_run_marked_failed_listener(system: System, record
     system.api.mark_run_failed(dag_id, run_id)
     _expect_cancelled(system, batch["id"], aborted_at, record)
     # The clean-up ran in the api-server (the listener), not in a task.
-    assert (
-        f"Cancel batch {batch['id']}: cancel_requested"
-        in system.stack.components["api-server"].log_path.read_text()
-    )
+    line = f"Cancel batch {batch['id']}: cancel_requested"
+    assert line in system.stack.components["api-server"].log_path.read_text()
