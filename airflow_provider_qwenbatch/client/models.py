@@ -22,7 +22,8 @@ TEST_ENDPOINT = "/v1/chat/ds-test"
 
 
 class _ApiModel(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    # Schemas are built on first use, not at import: a DAG file importing the operators stays cheap to parse.
+    model_config = ConfigDict(extra="allow", populate_by_name=True, defer_build=True)
     # The x-request-id of the answer this object came from, to quote in logs and errors.
     _request_id: str | None = PrivateAttr(default=None)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator, conf
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from airflow_provider_qwenbatch.client.cancel import DEFAULT_KILL_BUDGET, CancelOutcome, cancel_quietly
 from airflow_provider_qwenbatch.client.identity import BatchTag
@@ -54,6 +54,8 @@ def _seconds(value: float | timedelta | None) -> float | None:
 
 class TriggerEventPayload(BaseModel):
     """The event :class:`BatchStatusTrigger` yields, validated before it is trusted."""
+
+    model_config = ConfigDict(defer_build=True)
 
     status: Literal["success", "failed", "timeout", "error"]
     batch_id: str
