@@ -56,7 +56,11 @@ def write_section(name: str, title: str, body: str, command: str) -> None:
     )
     text = REPORT.read_text(encoding="utf-8") if REPORT.exists() else HEADER
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    text = (
+        pattern.sub(lambda _: section, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + section + "\n"
+    )
     REPORT.write_text(text, encoding="utf-8")
     print(f"\nwrote section {name!r} of {REPORT}")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from typing import Any
 
 from benchmarks._report import command, median, parser, python, table, write_section
 
@@ -18,9 +17,25 @@ OURS = ["airflow_provider_qwenbatch.operators.batch", "airflow_provider_qwenbatc
 BASELINE = ["airflow.providers.openai.operators.openai"]
 GOAL_MS = 30.0
 
-# Runs in a fresh interpreter. Records constructions, then times the imports.
-PROBE = r"""
-import json, sys, time
+# Fresh interpreter: import airflow.sdk (timed), optionally a DAG file's usual imports, then the modules (timed).
+TIMED = r"""
+import importlib, json, sys, time
+t0 = time.perf_counter()
+import airflow.sdk
+t1 = time.perf_counter()
+if sys.argv[1] == "dagfile":
+    from airflow.sdk import BaseHook, BaseOperator, BaseSensorOperator, dag, task
+    import airflow.triggers.base
+t2 = time.perf_counter()
+for name in sys.argv[2:]:
+    importlib.import_module(name)
+t3 = time.perf_counter()
+print(json.dumps({"sdk": t1 - t0, "added": t3 - t2}))
+"""
+
+# Fresh interpreter: record every HTTP client and Connection built while importing the modules.
+RECORD = r"""
+import importlib, json, sys
 import httpx
 built = []
 def recorder(cls):
@@ -31,9 +46,6 @@ def recorder(cls):
     cls.__init__ = init
 recorder(httpx.Client)
 recorder(httpx.AsyncClient)
-t0 = time.perf_counter()
-import airflow.sdk
-t1 = time.perf_counter()
 from airflow.sdk import BaseHook, Connection
 recorder(Connection)
 original_get = BaseHook.get_connection.__func__
@@ -41,54 +53,82 @@ def get_connection(cls, conn_id):
     built.append("BaseHook.get_connection(%s)" % conn_id)
     return original_get(cls, conn_id)
 BaseHook.get_connection = classmethod(get_connection)
-t2 = time.perf_counter()
-import importlib
 for name in sys.argv[1:]:
     importlib.import_module(name)
-t3 = time.perf_counter()
-print(json.dumps({"sdk": t1 - t0, "added": t3 - t2, "built": built}))
+print(json.dumps(built))
 """
 
 
-def sample(modules: list[str]) -> dict[str, Any]:
-    out = subprocess.run([python(), "-c", PROBE, *modules], capture_output=True, text=True, check=True, timeout=120)
+def sample(modules: list[str], preload: str = "sdk") -> dict[str, float]:
+    out = subprocess.run(
+        [python(), "-c", TIMED, preload, *modules], capture_output=True, text=True, check=True, timeout=120
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def constructed_at_import(modules: list[str]) -> list[str]:
     """HTTP clients and Connections built while importing ``modules`` in a fresh interpreter."""
-    return list(sample(modules)["built"])
+    out = subprocess.run(
+        [python(), "-c", RECORD, *modules], capture_output=True, text=True, check=True, timeout=120
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def main() -> None:
     args = parser(__doc__ or "").parse_args()
     repeats = 3 if args.quick else 10
-    subprocess.run([python(), "-c", "import airflow.sdk, " + ", ".join(OURS + BASELINE)], check=True)  # warm .pyc
-    results: dict[str, list[dict[str, Any]]] = {"ours": [], "baseline": [], "sdk": []}
+    subprocess.run(
+        [python(), "-c", "import airflow.sdk, " + ", ".join(OURS + BASELINE)], check=True
+    )  # warm .pyc
+    runs: dict[tuple[str, str], list[float]] = {}
+    sdk_alone: list[float] = []
     for _ in range(repeats):
-        results["sdk"].append(sample([]))
-        results["ours"].append(sample(OURS))
-        results["baseline"].append(sample(BASELINE))
-    sdk_ms = median([r["sdk"] for r in results["sdk"]]) * 1000
-    ours_ms = median([r["added"] for r in results["ours"]]) * 1000
-    base_ms = median([r["added"] for r in results["baseline"]]) * 1000
-    built_ours = sorted({b for r in results["ours"] for b in r["built"]})
-    built_base = sorted({b for r in results["baseline"] for b in r["built"]})
+        sdk_alone.append(sample([])["sdk"])
+        for preload in ("sdk", "dagfile"):
+            for label, modules in (("ours", OURS), ("baseline", BASELINE)):
+                runs.setdefault((label, preload), []).append(sample(modules, preload)["added"])
+    ms = {key: median(values) * 1000 for key, values in runs.items()}
+    sdk_ms = median(sdk_alone) * 1000
+    built_ours = constructed_at_import(OURS)
+    built_base = constructed_at_import(BASELINE)
+
+    def ratio(preload: str) -> str:
+        return f"{ms[('ours', preload)] / ms[('baseline', preload)]:.2f}x"
+
     rows = [
         ["`import airflow.sdk` alone", f"{sdk_ms:.0f} ms", "", ""],
         [
-            "qwenbatch operators + sensors, added",
-            f"{ours_ms:.1f} ms",
-            f"{ours_ms / base_ms:.2f}x" if base_ms else "n/a",
+            "qwenbatch operators + sensors",
+            f"{ms[('ours', 'sdk')]:.0f} ms ({ratio('sdk')})",
+            f"{ms[('ours', 'dagfile')]:.0f} ms ({ratio('dagfile')})",
             ", ".join(built_ours) or "none",
         ],
-        ["openai provider operators (baseline), added", f"{base_ms:.1f} ms", "1.00x", ", ".join(built_base) or "none"],
+        [
+            "openai provider operators (baseline)",
+            f"{ms[('baseline', 'sdk')]:.0f} ms",
+            f"{ms[('baseline', 'dagfile')]:.0f} ms",
+            ", ".join(built_base) or "none",
+        ],
     ]
-    verdict = "met" if ours_ms < GOAL_MS and not built_ours else "NOT met"
+    added = ms[("ours", "sdk")]
+    verdict = "met" if added < GOAL_MS else "NOT met"
     body = (
-        table(["import", f"median of {repeats} fresh processes", "vs baseline", "clients/Connections built"], rows)
-        + f"\n\nGoal: < {GOAL_MS:.0f} ms added, and no HTTP client or Connection built at import: **{verdict}**."
-        + "\nThe no-client check is also a unit test (`tests/unit/test_import_cost.py`), without timing."
+        table(
+            [
+                "import",
+                "added to `import airflow.sdk`",
+                "added to a DAG file's usual imports",
+                "clients/Connections built",
+            ],
+            rows,
+        )
+        + f'\n\nMedians of {repeats} fresh processes each. "A DAG file\'s usual imports" = `from airflow.sdk '
+        "import BaseHook, BaseOperator, BaseSensorOperator, dag, task` + `airflow.triggers.base`, which every "
+        "DAG using operators pays anyway; the first column also charges us for loading Airflow's own "
+        "BaseOperator machinery."
+        + f"\n\nGoal: < {GOAL_MS:.0f} ms added: **{verdict}** ({added:.0f} ms). No HTTP client or Connection "
+        f"built at import: **{'met' if not built_ours else 'NOT met'}** (also a unit test, "
+        "`tests/unit/test_import_cost.py`, without timing)."
     )
     print(body)
     if built_ours:
