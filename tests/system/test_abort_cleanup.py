@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.system.conftest import System
+from tests.system.conftest import REPEAT, System
 from tests.system.stack import poll
 
 pytestmark = pytest.mark.system
@@ -34,6 +34,7 @@ START_TIMEOUT = 120.0  # from triggering a run to its batch running in the emula
 CANCEL_REQUEST_TIMEOUT = 40.0  # from the abort to the cancel request (a 2,000-line batch runs ~67 s)
 CANCELLED_TIMEOUT = 30.0  # from the cancel request to `cancelled`
 STATE_TIMEOUT = 120.0
+REPEATED = pytest.mark.parametrize("attempt", range(REPEAT))
 
 
 def _wait_polled(system: System, batch_id: str, timeout: float = 60.0) -> None:
@@ -71,7 +72,8 @@ def _iso(value: str) -> float:
 # ---- 1 ------------------------------------------------------------------------------------
 
 
-def test_s01_worker_wait_run_marked_failed(system: System, record: dict[str, Any]) -> None:
+@REPEATED
+def test_s01_worker_wait_run_marked_failed(system: System, record: dict[str, Any], attempt: int) -> None:
     """Submit task waiting in the worker; run marked failed -> the operator's on_kill cancels."""
     record["scenario"] = "01 worker wait, run failed (operator on_kill)"
     dag_id, run_id = "sys_s01_worker_wait", system.new_run_id("s01")
@@ -100,7 +102,8 @@ def _start_deferred(system: System, scenario: str) -> tuple[str, str, dict[str, 
     return dag_id, run_id, batch
 
 
-def test_s02_deferred_run_marked_failed(system: System, record: dict[str, Any]) -> None:
+@REPEATED
+def test_s02_deferred_run_marked_failed(system: System, record: dict[str, Any], attempt: int) -> None:
     """Submit task deferred; run marked failed -> the trigger's on_kill cancels."""
     record["scenario"] = "02 deferred, run failed (trigger on_kill)"
     dag_id, run_id, batch = _start_deferred(system, "s02")
@@ -115,7 +118,8 @@ def test_s02_deferred_run_marked_failed(system: System, record: dict[str, Any]) 
 # ---- 3 ------------------------------------------------------------------------------------
 
 
-def test_s03_deferred_task_marked_failed(system: System, record: dict[str, Any]) -> None:
+@REPEATED
+def test_s03_deferred_task_marked_failed(system: System, record: dict[str, Any], attempt: int) -> None:
     """Submit task deferred; only that task marked failed -> the trigger's on_kill cancels."""
     record["scenario"] = "03 deferred, task failed (trigger on_kill)"
     dag_id, run_id, batch = _start_deferred(system, "s03")
@@ -131,7 +135,8 @@ def test_s03_deferred_task_marked_failed(system: System, record: dict[str, Any])
 # ---- 4 ------------------------------------------------------------------------------------
 
 
-def test_s04_sensor_poke_run_marked_failed(system: System, record: dict[str, Any]) -> None:
+@REPEATED
+def test_s04_sensor_poke_run_marked_failed(system: System, record: dict[str, Any], attempt: int) -> None:
     """BatchStatusSensor poking an upstream task's batch; run marked failed -> the sensor's on_kill cancels."""
     record["scenario"] = "04 sensor poke, run failed (sensor on_kill)"
     dag_id, run_id = "sys_s04_sensor_poke", system.new_run_id("s04")
@@ -151,7 +156,8 @@ def test_s04_sensor_poke_run_marked_failed(system: System, record: dict[str, Any
 # ---- 6 ------------------------------------------------------------------------------------
 
 
-def test_s06_other_task_raises_dag_callback(system: System, record: dict[str, Any]) -> None:
+@REPEATED
+def test_s06_other_task_raises_dag_callback(system: System, record: dict[str, Any], attempt: int) -> None:
     """A later task raises; the DAG's on_failure_callback cancels the run's in-flight batch."""
     record["scenario"] = "06 other task raises (DAG on_failure_callback)"
     dag_id, run_id = "sys_s06_callback", system.new_run_id("s06")
@@ -245,7 +251,10 @@ def test_s09_worker_sigkill_retry_reattaches(system: System, record: dict[str, A
 # ---- 10 -----------------------------------------------------------------------------------
 
 
-def test_s10_slow_cancel_deferred_run_marked_failed(system: System, record: dict[str, Any]) -> None:
+@REPEATED
+def test_s10_slow_cancel_deferred_run_marked_failed(
+    system: System, record: dict[str, Any], attempt: int
+) -> None:
     """The emulator answers cancel after 2 s while a deferred task is aborted -> still cancelled."""
     record["scenario"] = "10 deferred, slow cancel (2 s latency)"
     dag_id, run_id, batch = _start_deferred(system, "s10")

@@ -13,7 +13,7 @@ DATA = Path(os.environ.get("QWENBATCH_SYSTEM_DATA", "/nonexistent"))
 # 2,000 chat lines: still running when a test aborts it (about a minute at the emulator's rate).
 BIG = str(DATA / "big-0.jsonl")
 BIG_FILES = [str(DATA / f"big-{i}.jsonl") for i in range(5)]
-# A batch that completes within the test (about half a minute).
+# A batch that completes within the test (about 40 s).
 MEDIUM = str(DATA / "medium.jsonl")
 START = datetime(2026, 1, 1)
 DEFAULTS: dict[str, Any] = {"retries": 0}
