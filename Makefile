@@ -15,6 +15,8 @@ $(STAMP): requirements-dev.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check "uv==$$(sed -n 's/^uv==//p' requirements-dev.lock)"
 	$(UV) pip sync -q --python $(PY) requirements-dev.lock
 	$(UV) pip install -q --python $(PY) --no-deps -e .
+	@# setuptools leaves an .egg-info here; with the repo on sys.path Airflow would see the package twice.
+	rm -rf airflow_provider_qwenbatch.egg-info
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,11 @@
-"""Airflow plugin registering the failure clean-up listener (declared in the provider info)."""
+"""
+Airflow plugins registering the failure clean-up listener.
+
+The plugin is declared in the provider info (``plugins``), which Airflow 3 loads only when
+``[core] lazy_discover_providers`` is False; the ``airflow.plugins`` entry point loads the
+same listener with default settings. When both load, the listener module is registered once
+(Airflow's listener manager ignores a module it already has), so batches are cancelled once.
+"""
 
 from __future__ import annotations
 
@@ -12,3 +19,9 @@ class QwenBatchCleanupPlugin(AirflowPlugin):
 
     name = "qwenbatch_cleanup"
     listeners = [listener]
+
+
+class QwenBatchCleanupEntryPointPlugin(QwenBatchCleanupPlugin):
+    """The same listener through the ``airflow.plugins`` entry point (its own name: plugin names must differ)."""
+
+    name = "qwenbatch_cleanup_entrypoint"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -74,3 +75,20 @@ def test_airflow_cli_lists_the_provider() -> None:
     )
     names = [p["package_name"] for p in json.loads(out.stdout[out.stdout.index("[") :])]
     assert "airflow-provider-qwenbatch" in names
+
+
+def test_cleanup_listener_is_registered_with_default_settings() -> None:
+    # Default [core] lazy_discover_providers=True: provider-info plugins are not loaded, the
+    # airflow.plugins entry point is; either way the listener module is registered once.
+    code = (
+        "from airflow import plugins_manager\n"
+        "from airflow.listeners.listener import get_listener_manager\n"
+        "names = [getattr(p, '__name__', '') for p in get_listener_manager().pm.get_plugins()]\n"
+        "print(names.count('airflow_provider_qwenbatch.listener'), len(plugins_manager._get_plugins()[1]))\n"
+    )
+    for lazy in ("True", "False"):
+        env = dict(os.environ, AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS=lazy)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120, env=env
+        )
+        assert out.stdout.split()[-2:] == ["1", "0"], (lazy, out.stdout, out.stderr[-2000:])
