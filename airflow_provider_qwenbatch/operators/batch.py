@@ -250,6 +250,7 @@ class SubmitBatchOperator(_QwenBatchBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Validate, upload, create (or re-attach), then wait as configured."""
+        started = time.monotonic()
         ti = context["ti"]
         tag = BatchTag(ti.dag_id, ti.run_id, ti.task_id, ti.map_index if ti.map_index is not None else -1)
         self._check_window()
@@ -275,9 +276,18 @@ class SubmitBatchOperator(_QwenBatchBaseOperator):
                         cancel_on_kill=self.cancel_on_kill,
                     ),
                     method_name="execute_complete",
+                    timeout=self._defer_timeout(started),
                 )
             batch = self._wait(client, batch, deadline)
             return self._finish(client, batch)
+
+    def _defer_timeout(self, started: float) -> timedelta | None:
+        # Airflow 3 bounds only execute() by execution_timeout, not the time deferred: pass what is
+        # left of it as the trigger timeout, so resume_execution("__fail__") cancels the batch.
+        if self.execution_timeout is None:
+            return None
+        left = self.execution_timeout - timedelta(seconds=time.monotonic() - started)
+        return max(left, timedelta(0))
 
     def _find_earlier(self, client: BatchClient, tag: BatchTag, try_number: int | None) -> Batch | None:
         if not self.reattach or (try_number or 1) <= 1:
