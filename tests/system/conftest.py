@@ -34,6 +34,7 @@ DAG_IDS = (
     "sys_s05_sensor_reschedule",
     "sys_s06_callback",
     "sys_s07_timeout",
+    "sys_s07b_execution_timeout",
     "sys_s08_triggerer_restart",
     "sys_s09_worker_sigkill",
     "sys_s11_mapped",

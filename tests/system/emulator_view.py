@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_qwenbatch.client.identity import find_tags, run_tag
+from airflow_provider_qwenbatch.client.identity import BatchTag, find_tags, run_tag
 from airflow_provider_qwenbatch.emulator import EmulatorHandle
 from tests.system.stack import poll
 
@@ -59,6 +59,17 @@ class EmulatorView:
             0.25,
             on_timeout=lambda: str([(b["id"], b["status"]) for b in self.run_batches(dag_id, run_id)]),
         )
+
+    def task_batch(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        """The one batch tagged to a task instance."""
+        tag = BatchTag(dag_id, run_id, task_id, map_index)
+        found = [
+            b
+            for b in self.run_batches(dag_id, run_id)
+            if tag.matches((b.get("metadata") or {}).get("ds_name"))
+        ]
+        assert len(found) == 1, f"{len(found)} batches for {task_id}[{map_index}]"
+        return found[0]
 
     def status(self, batch_id: str) -> str:
         """The batch's status now."""

@@ -12,7 +12,6 @@ restarts the api-server with the listener switched on.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import signal
 import subprocess
@@ -194,6 +193,26 @@ def test_s07_operator_timeout(system: System, record: dict[str, Any]) -> None:
     _assert_log_says(system, dag_id, run_id, "submit_deferred", "BatchTimeoutError")
 
 
+# ---- 7b -----------------------------------------------------------------------------------
+
+
+def test_s07b_execution_timeout(system: System, record: dict[str, Any]) -> None:
+    """Airflow's execution_timeout passes, in the worker and while deferred -> cancelled, task failed."""
+    record["scenario"] = "07b execution_timeout (worker + deferred)"
+    dag_id, run_id = "sys_s07b_execution_timeout", system.new_run_id("s07b")
+    timeout = 10  # as in the DAG
+    system.api.trigger(dag_id, run_id)
+    any_status = ("validating", "in_progress", "cancelling", "cancelled", "finalizing", "completed")
+    system.emu.wait_run_batches(dag_id, run_id, 2, START_TIMEOUT, any_status)
+    for task_id in ("submit_worker", "submit_deferred"):
+        batch = system.emu.task_batch(dag_id, run_id, task_id)
+        # The timeout counts from execute(), which creates the batch within a second.
+        _expect_cancelled(system, batch["id"], float(batch["created_at"]) + timeout, record)
+        system.api.wait_task_state(dag_id, run_id, task_id, ["failed"], STATE_TIMEOUT)
+    _assert_log_says(system, dag_id, run_id, "submit_worker", "AirflowTaskTimeout")
+    _assert_log_says(system, dag_id, run_id, "submit_deferred", "TaskDeferralTimeout")
+
+
 # ---- 8 ------------------------------------------------------------------------------------
 
 
@@ -303,21 +322,6 @@ def test_s11_mapped_run_marked_failed(system: System, record: dict[str, Any]) ->
 # ---- 5 (last: switches the listener on) ----------------------------------------------------
 
 
-def _plugin_entry_point_installed() -> bool:
-    """Whether the package declares its plugin as an ``airflow.plugins`` entry point (loaded by default)."""
-    return any(
-        ep.value.startswith("airflow_provider_qwenbatch.")
-        for ep in importlib.metadata.entry_points(group="airflow.plugins")
-    )
-
-
-_LISTENER_NOT_LOADED = (
-    "Airflow 3.3 loads a provider-info 'plugins' entry only with [core] lazy_discover_providers=False; "
-    "the package needs an 'airflow.plugins' entry point (pyproject.toml) for the listener to load by default"
-)
-
-
-@pytest.mark.xfail(not _plugin_entry_point_installed(), reason=_LISTENER_NOT_LOADED, strict=True)
 def test_s05a_listener_registered_with_default_settings(system: System, record: dict[str, Any]) -> None:
     """With default settings, an Airflow process (as the api-server) has the clean-up listener registered."""
     record["scenario"] = "05a listener registered by default"
@@ -329,20 +333,17 @@ def test_s05a_listener_registered_with_default_settings(system: System, record: 
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
     ).stdout
-    record["note"] = (
-        "registered" if "airflow_provider_qwenbatch.listener" in out else "NOT registered (see report)"
-    )
+    record["note"] = "registered" if "airflow_provider_qwenbatch.listener" in out else "NOT registered"
+    # Airflow 3.3 loads a provider-info 'plugins' entry only with [core] lazy_discover_providers=False;
+    # the package's airflow.plugins entry point loads it by default (reinstall the package after changing it).
     assert "airflow_provider_qwenbatch.listener" in out, out[-2000:]
 
 
 def test_s05_sensor_reschedule_run_marked_failed_listener(system: System, record: dict[str, Any]) -> None:
     """Sensor in reschedule mode, between pokes (no process); run marked failed -> the listener plugin cancels."""
     record["scenario"] = "05 sensor reschedule, run failed (listener)"
+    # Default settings: the listener is on, and the plugin loads through its entry point.
     env = {"AIRFLOW__QWENBATCH__CANCEL_ON_DAG_RUN_FAILED": "True"}
-    if not _plugin_entry_point_installed():
-        # Until the entry point exists, the plugin loads only with eager provider discovery (see 05a).
-        env["AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS"] = "False"
-        record["config"] = "api-server with [core] lazy_discover_providers=False (workaround)"
     record["api_server_restart_s"] = round(system.stack.restart("api-server", env), 1)
     poll("the api-server to answer", system.api.ping, 120.0, 0.5)
     system.api.client.get("/execution/health")
