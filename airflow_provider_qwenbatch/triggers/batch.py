@@ -11,15 +11,22 @@ Kill semantics (measured on Airflow 3.3.2, see the README):
   cancel request runs as its own task, shielded and referenced, so it completes anyway.
 * The Connection is resolved and the client built at the start of :meth:`run`: the first
   task-SDK call from a trigger can take ~10 s, too long for a kill path.
+* Triggers of one event loop with the same settings share one async client (see
+  :func:`acquire_client`): a triggerer running thousands of them keeps a few connection pools,
+  not one httpx client (SSL context, pool) per trigger. The shared client logs its retries
+  under the client's own logger; each trigger still logs its failed polls itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_qwenbatch.client.aio import AsyncBatchClient
@@ -31,7 +38,7 @@ from airflow_provider_qwenbatch.client.errors import (
     QwenBatchError,
 )
 from airflow_provider_qwenbatch.client.models import Batch
-from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
+from airflow_provider_qwenbatch.hooks.qwen_batch import ConnectionSettings, QwenBatchHook
 from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, describe_end
 
 # The triggerer gives on_kill 30 s by default; a slow server still gets its cancel within it.
@@ -45,6 +52,60 @@ MAX_FAILED_POLLS = 10
 _PENDING_KILLS: set[asyncio.Task[CancelOutcome]] = set()
 _PENDING_CLOSES: set[asyncio.Future[None]] = set()
 _USER_ACTION = "__airflow_user_action__"
+# A shared client serves many triggers at once: room for their concurrent requests.
+_SHARED_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=100)
+
+
+@dataclass
+class _Pooled:
+    client: AsyncBatchClient
+    users: int = 0
+
+
+# Per event loop (an httpx async client belongs to one loop), per settings.
+_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], _Pooled]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _pool_key(settings: ConnectionSettings) -> tuple[Any, ...]:
+    return (
+        settings.base_url,
+        settings.api_key,
+        settings.timeout,
+        settings.connect_timeout,
+        settings.max_retries,
+    )
+
+
+def acquire_client(settings: ConnectionSettings) -> AsyncBatchClient:
+    """The async client shared by this event loop's triggers with the same settings; give it back with :func:`release_client`.
+
+    :param settings: the resolved Connection.
+    """
+    pools = _POOLS.setdefault(asyncio.get_running_loop(), {})
+    key = _pool_key(settings)
+    entry = pools.get(key)
+    if entry is None:
+        entry = pools[key] = _Pooled(settings.async_client(limits=_SHARED_LIMITS))
+    entry.users += 1
+    return entry.client
+
+
+async def release_client(client: AsyncBatchClient) -> None:
+    """Give back a client from :func:`acquire_client`; the last user closes it.
+
+    :param client: the client.
+    """
+    pools = _POOLS.get(asyncio.get_running_loop(), {})
+    for key, entry in list(pools.items()):
+        if entry.client is client:
+            entry.users -= 1
+            if entry.users <= 0:
+                del pools[key]
+                await client.aclose()
+            return
+    await client.aclose()  # not a pooled client
 
 
 def triggerer_has_on_kill() -> bool:
@@ -111,7 +172,7 @@ class BatchStatusTrigger(BaseTrigger):
 
     async def _connect(self) -> AsyncBatchClient:
         settings = await QwenBatchHook(self.conn_id).aget_settings()
-        return settings.async_client(logger=self.log)
+        return acquire_client(settings)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until terminal (or the deadline), yield one event, return."""
@@ -211,7 +272,7 @@ class BatchStatusTrigger(BaseTrigger):
         client, self._client = self._client, None
         if client is not None:
             # The client outlives cleanup() while a cancel is in flight; close it when that ends.
-            closing = asyncio.ensure_future(client.aclose())
+            closing = asyncio.ensure_future(release_client(client))
             _PENDING_CLOSES.add(closing)
             closing.add_done_callback(_PENDING_CLOSES.discard)
 
@@ -227,4 +288,4 @@ class BatchStatusTrigger(BaseTrigger):
             return  # _after_kill closes the client once the cancel is through
         client, self._client = self._client, None
         if client is not None:
-            await client.aclose()
+            await release_client(client)
