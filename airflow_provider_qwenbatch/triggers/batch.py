@@ -20,12 +20,15 @@ Kill semantics (measured on Airflow 3.3.2, see the README):
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import certifi
 import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -52,20 +55,33 @@ MAX_FAILED_POLLS = 10
 _PENDING_KILLS: set[asyncio.Task[CancelOutcome]] = set()
 _PENDING_CLOSES: set[asyncio.Future[None]] = set()
 _USER_ACTION = "__airflow_user_action__"
-# A shared client serves many triggers at once: room for their concurrent requests.
-_SHARED_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=100)
+# Triggers share clients in shards of SHARD_USERS, each with SHARD_CONNECTIONS connections.
+# httpcore's pool rescans all its connections and queued requests whenever one request
+# starts or ends (quadratic), so one client with hundreds of connections or queued
+# requests stalls the event loop for seconds: requests queue on each shard's semaphore
+# instead, and every shard stays small. All shards share one SSL context (building one
+# per client costs ~700 KB and milliseconds of CPU).
+SHARD_USERS = 64
+SHARD_CONNECTIONS = 8
+_SHARD_LIMITS = httpx.Limits(max_connections=SHARD_CONNECTIONS, max_keepalive_connections=SHARD_CONNECTIONS)
 
 
 @dataclass
 class _Pooled:
     client: AsyncBatchClient
+    gate: asyncio.Semaphore
     users: int = 0
 
 
-# Per event loop (an httpx async client belongs to one loop), per settings.
-_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], _Pooled]] = (
+# Per event loop (an httpx async client belongs to one loop), per settings: the shards.
+_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], list[_Pooled]]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _pool_key(settings: ConnectionSettings) -> tuple[Any, ...]:
@@ -79,17 +95,31 @@ def _pool_key(settings: ConnectionSettings) -> tuple[Any, ...]:
 
 
 def acquire_client(settings: ConnectionSettings) -> AsyncBatchClient:
-    """The async client shared by this event loop's triggers with the same settings; give it back with :func:`release_client`.
+    """An async client shared by this event loop's triggers with the same settings; give it back with :func:`release_client`.
 
     :param settings: the resolved Connection.
     """
-    pools = _POOLS.setdefault(asyncio.get_running_loop(), {})
-    key = _pool_key(settings)
-    entry = pools.get(key)
+    shards = _POOLS.setdefault(asyncio.get_running_loop(), {}).setdefault(_pool_key(settings), [])
+    entry = next((e for e in shards if e.users < SHARD_USERS), None)
     if entry is None:
-        entry = pools[key] = _Pooled(settings.async_client(limits=_SHARED_LIMITS))
+        transport = httpx.AsyncHTTPTransport(verify=_ssl_context(), limits=_SHARD_LIMITS)
+        entry = _Pooled(settings.async_client(transport=transport), asyncio.Semaphore(SHARD_CONNECTIONS))
+        shards.append(entry)
     entry.users += 1
     return entry.client
+
+
+def _find(client: AsyncBatchClient) -> tuple[list[_Pooled], _Pooled] | None:
+    for shards in _POOLS.get(asyncio.get_running_loop(), {}).values():
+        for entry in shards:
+            if entry.client is client:
+                return shards, entry
+    return None
+
+
+def _gate_of(client: AsyncBatchClient) -> asyncio.Semaphore | None:
+    found = _find(client)
+    return found[1].gate if found else None
 
 
 async def release_client(client: AsyncBatchClient) -> None:
@@ -97,15 +127,15 @@ async def release_client(client: AsyncBatchClient) -> None:
 
     :param client: the client.
     """
-    pools = _POOLS.get(asyncio.get_running_loop(), {})
-    for key, entry in list(pools.items()):
-        if entry.client is client:
-            entry.users -= 1
-            if entry.users <= 0:
-                del pools[key]
-                await client.aclose()
-            return
-    await client.aclose()  # not a pooled client
+    found = _find(client)
+    if found is None:
+        await client.aclose()  # not a pooled client
+        return
+    shards, entry = found
+    entry.users -= 1
+    if entry.users <= 0:
+        shards.remove(entry)
+        await client.aclose()
 
 
 def triggerer_has_on_kill() -> bool:
@@ -182,12 +212,14 @@ class BatchStatusTrigger(BaseTrigger):
             yield self._event("error", f"cannot build a client for Connection {self.conn_id!r}: {exc}")
             return
         client = self._client
+        gate = _gate_of(client) or asyncio.Semaphore(1)
         progress = ProgressReporter(self.log)
         failed_polls = 0
         try:
             while True:
                 try:
-                    batch = await client.retrieve_batch(self.batch_id)
+                    async with gate:
+                        batch = await client.retrieve_batch(self.batch_id)
                     failed_polls = 0
                 except _FATAL as exc:
                     yield self._event("error", f"cannot read batch {self.batch_id}: {exc}")
