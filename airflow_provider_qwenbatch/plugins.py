@@ -1,5 +1,4 @@
-"""
-Airflow plugins registering the failure clean-up listener.
+"""Airflow plugins registering the failure clean-up listener.
 
 The plugin is declared in the provider info (``plugins``), which Airflow 3 loads only when
 ``[core] lazy_discover_providers`` is False; the ``airflow.plugins`` entry point loads the

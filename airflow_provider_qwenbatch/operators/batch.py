@@ -194,6 +194,7 @@ class SubmitBatchOperator(_QwenBatchBaseOperator):
         self.reattach = reattach
         self.delete_input_file = delete_input_file
         self.batch_id: str | None = None
+        self._killed = False
         if "{{" not in completion_window:
             self._check_window()
 
@@ -263,6 +264,12 @@ class SubmitBatchOperator(_QwenBatchBaseOperator):
                 batch = self._submit(client, tag)
             self.batch_id = batch.id
             self._publish(context, batch)
+            if self._killed and self.cancel_on_kill:
+                # on_kill ran while the batch was being created and found nothing to cancel.
+                outcome = cancel_quietly(client, batch.id, budget=DEFAULT_KILL_BUDGET, logger=self.log)
+                raise QwenBatchAirflowError(
+                    f"{self.task_id}: killed while creating batch {batch.id}; cancel: {outcome.action.value}"
+                )
             if not self.wait_for_completion:
                 return batch_summary(batch, console_url=self._console_url(batch.id))
             deadline = (batch.created_at or time.time()) + self.timeout if self.timeout else None
@@ -401,7 +408,12 @@ class SubmitBatchOperator(_QwenBatchBaseOperator):
         return super().resume_execution(next_method, next_kwargs, context)
 
     def on_kill(self) -> None:
-        """Cancel the batch quietly (well under the 5 s before SIGKILL)."""
+        """Cancel the batch quietly (well under the 5 s before SIGKILL).
+
+        Killed while the batch was being created: nothing is known yet to cancel, so the flag
+        set here makes ``execute`` cancel the batch as soon as the create call returns.
+        """
+        self._killed = True
         if self.cancel_on_kill:
             self._cancel_on_kill(self.batch_id)
 

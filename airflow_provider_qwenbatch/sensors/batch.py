@@ -83,6 +83,8 @@ class BatchStatusSensor(BaseSensorOperator):
 
     def execute(self, context: Context) -> Any:
         """Poke/reschedule as usual, or defer to :class:`BatchStatusTrigger` when ``deferrable``."""
+        # Resolved before the first poke, so on_kill can cancel even before anything was read.
+        self._resolve()
         if not self.deferrable:
             return super().execute(context)
         result = self.poke(context)

@@ -276,3 +276,28 @@ def test_object_storage_input_errors_name_the_uri(emulator: EmulatorHandle) -> N
     with pytest.raises(BatchInputError, match=r"memory://qwen-bad/requests\.jsonl:1: \[invalid_json\]"):
         _submit(input_path="memory://qwen-bad/requests.jsonl").execute(context_for(StubTI()))
     assert emulator.requests() == []
+
+
+def test_kill_while_create_is_in_flight_cancels_the_new_batch(emulator: EmulatorHandle) -> None:
+    emulator.set_config(lines_per_second=20.0)
+    emulator.set_faults({"create_batch": {"latency_ms": 1500}})
+    op = _submit(requests=chat_requests(500))
+    errors: list[BaseException] = []
+    worker = threading.Thread(
+        target=lambda: _collect_error(errors, op.execute, context_for(StubTI())), daemon=True
+    )
+    worker.start()
+    wait_until(lambda: emulator.requests(endpoint="create_batch"), what="create in flight")
+    op.on_kill()  # nothing known to cancel yet
+    worker.join(15)
+    assert op.batch_id is not None
+    assert [c["status"] for c in emulator.requests(endpoint="cancel_batch", batch_id=op.batch_id)] == [200]
+    assert errors
+    assert "killed while creating batch" in str(errors[0])
+
+
+def _collect_error(errors: list[BaseException], fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except BaseException as exc:  # the test asserts on what execute raised
+        errors.append(exc)
