@@ -141,7 +141,7 @@ def batch_hour(handle: EmulatorHandle, scale: float, tmp: Path) -> str:
         f"\n\nScale: 1 simulated hour = {real_hour:.0f} real seconds; every poll interval divided by {scale:.0f}. "
         '"All requests" adds the upload, create, the list (re-attach check is skipped on try 1), downloads and the '
         f"final reads. The 3 s worker loop of the OpenAI provider is capped by the round-trip time at this scale; "
-        "unscaled it makes 1,200 status reads per hour.\n\nGoal: <= {GOAL:.0f} requests per batch-hour: **{'met' if ours_max <= GOAL else 'NOT met'}** "
+        f"unscaled it makes 1,200 status reads per hour.\n\nGoal: <= {GOAL:.0f} requests per batch-hour: **{'met' if ours_max <= GOAL else 'NOT met'}** "
         f"({ours_rate:.0f}-{ours_max:.0f})."
     )
     return body
