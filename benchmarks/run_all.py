@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["import_cost", "api_economy", "triggerer_scale", "abort_latency"]
+BENCHMARKS = ["import_cost", "api_economy", "triggerer_scale", "abort_latency", "streaming"]
 
 
 def main() -> None:
