@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow_provider_qwenbatch.client.logs import LoggerLike
-from airflow_provider_qwenbatch.client.models import Batch, RequestCounts
+if TYPE_CHECKING:
+    from airflow_provider_qwenbatch.client.logs import LoggerLike
+    from airflow_provider_qwenbatch.client.models import Batch, RequestCounts
 
 
 def batch_summary(batch: Batch, **extra: Any) -> dict[str, Any]:

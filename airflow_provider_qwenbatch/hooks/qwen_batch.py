@@ -5,16 +5,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from airflow.sdk import BaseHook
 
-from airflow_provider_qwenbatch.client.aio import AsyncBatchClient
 from airflow_provider_qwenbatch.client.errors import QwenBatchError
 from airflow_provider_qwenbatch.client.regions import Region
 from airflow_provider_qwenbatch.client.retry import RetryPolicy
-from airflow_provider_qwenbatch.client.sync import BatchClient
+
+if TYPE_CHECKING:
+    # Imported where used: a DAG file importing an operator should not pay for the clients.
+    from airflow_provider_qwenbatch.client.aio import AsyncBatchClient
+    from airflow_provider_qwenbatch.client.sync import BatchClient
 
 API_KEY_ENV = "DASHSCOPE_API_KEY"
 _EXTRA_PREFIX = "extra__qwen_batch__"
@@ -53,6 +56,8 @@ class ConnectionSettings:
 
         :param kwargs: passed to :class:`BatchClient` (``logger``, ``transport``...).
         """
+        from airflow_provider_qwenbatch.client.sync import BatchClient
+
         return BatchClient(
             self.api_key,
             self.base_url,
@@ -66,6 +71,8 @@ class ConnectionSettings:
 
         :param kwargs: passed to :class:`AsyncBatchClient`.
         """
+        from airflow_provider_qwenbatch.client.aio import AsyncBatchClient
+
         return AsyncBatchClient(
             self.api_key,
             self.base_url,

@@ -8,20 +8,14 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, conf
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
-from airflow_provider_qwenbatch.client.cancel import DEFAULT_KILL_BUDGET, CancelOutcome, cancel_quietly
 from airflow_provider_qwenbatch.client.identity import BatchTag
-from airflow_provider_qwenbatch.client.lookup import find_batch_for_task
-from airflow_provider_qwenbatch.client.models import Batch, BatchCreateRequest
-from airflow_provider_qwenbatch.client.results import ResultCounts, count_results
-from airflow_provider_qwenbatch.client.sync import BatchClient
 from airflow_provider_qwenbatch.client.window import parse_completion_window
 from airflow_provider_qwenbatch.exceptions import (
-    BatchEventError,
     BatchFailedError,
     BatchInputError,
     BatchTimeoutError,
@@ -29,13 +23,20 @@ from airflow_provider_qwenbatch.exceptions import (
     as_airflow_errors,
 )
 from airflow_provider_qwenbatch.hooks.qwen_batch import ConnectionSettings, QwenBatchHook
-from airflow_provider_qwenbatch.inputs import PreparedInput, prepare_path, prepare_requests, store_file
 from airflow_provider_qwenbatch.links import CONSOLE_URL_XCOM_KEY, QwenBatchConsoleLink
 from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, describe_end
-from airflow_provider_qwenbatch.triggers.batch import BatchStatusTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_provider_qwenbatch.client.cancel import CancelOutcome
+    from airflow_provider_qwenbatch.client.models import Batch, BatchCreateRequest
+    from airflow_provider_qwenbatch.client.results import ResultCounts
+    from airflow_provider_qwenbatch.client.sync import BatchClient
+    from airflow_provider_qwenbatch.inputs import PreparedInput
+
+# The client, the trigger and the input helpers are imported inside the methods that use them:
+# a DAG file that imports these operators is parsed often, and should not pay for them.
 
 BATCH_ID_XCOM_KEY = "batch_id"
 # Cancel requests from a task's own failure path may wait a little longer than a kill path.
@@ -50,30 +51,6 @@ def _seconds(value: float | timedelta | None) -> float | None:
     if value is None:
         return None
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-
-class TriggerEventPayload(BaseModel):
-    """The event :class:`BatchStatusTrigger` yields, validated before it is trusted."""
-
-    model_config = ConfigDict(defer_build=True)
-
-    status: Literal["success", "failed", "timeout", "error"]
-    batch_id: str
-    batch_status: str | None = None
-    message: str = ""
-    batch: dict[str, Any] | None = None
-
-
-def parse_event(event: Any) -> TriggerEventPayload:
-    """Validate a trigger event payload.
-
-    :param event: what the trigger sent.
-    :raises BatchEventError: when it is not a valid payload.
-    """
-    try:
-        return TriggerEventPayload.model_validate(event)
-    except ValidationError as exc:
-        raise BatchEventError(f"unexpected trigger event {str(event)[:200]!r}: {exc.errors()[:2]}") from None
 
 
 class _QwenBatchBaseOperator(BaseOperator):
@@ -103,6 +80,8 @@ class _QwenBatchBaseOperator(BaseOperator):
         if not batch_id or self._settings is None:
             self.log.info("on_kill: no batch to cancel")
             return None
+        from airflow_provider_qwenbatch.client.cancel import DEFAULT_KILL_BUDGET, cancel_quietly
+
         with self._settings.sync_client(logger=self.log) as client:
             return cancel_quietly(client, batch_id, budget=DEFAULT_KILL_BUDGET, logger=self.log)
 
@@ -207,6 +186,8 @@ class SubmitBatchOperator(_QwenBatchBaseOperator):
             raise BatchInputError(f"{self.task_id}: {exc}") from None
 
     def _create_request(self, tag: BatchTag, input_file_id: str) -> BatchCreateRequest:
+        from airflow_provider_qwenbatch.client.models import BatchCreateRequest
+
         if self.metadata is not None and not isinstance(self.metadata, Mapping):
             raise BatchInputError(
                 f"{self.task_id}: invalid batch parameters: metadata must be a dict, "
@@ -235,6 +216,8 @@ class SubmitBatchOperator(_QwenBatchBaseOperator):
             raise BatchInputError(f"{self.task_id}: invalid batch parameters: {problems}") from None
 
     def _prepare_input(self) -> PreparedInput | None:
+        from airflow_provider_qwenbatch.inputs import prepare_path, prepare_requests
+
         with as_airflow_errors():
             if self.requests is not None:
                 if isinstance(self.requests, str):
@@ -251,6 +234,9 @@ class SubmitBatchOperator(_QwenBatchBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Validate, upload, create (or re-attach), then wait as configured."""
+        from airflow_provider_qwenbatch.client.cancel import DEFAULT_KILL_BUDGET, cancel_quietly
+        from airflow_provider_qwenbatch.triggers.batch import BatchStatusTrigger
+
         started = time.monotonic()
         ti = context["ti"]
         tag = BatchTag(ti.dag_id, ti.run_id, ti.task_id, ti.map_index if ti.map_index is not None else -1)
@@ -299,6 +285,8 @@ class SubmitBatchOperator(_QwenBatchBaseOperator):
     def _find_earlier(self, client: BatchClient, tag: BatchTag, try_number: int | None) -> Batch | None:
         if not self.reattach or (try_number or 1) <= 1:
             return None
+        from airflow_provider_qwenbatch.client.lookup import find_batch_for_task
+
         batch = find_batch_for_task(client, tag, self.input_file_id)
         if batch is not None:
             self.log.info(
@@ -355,6 +343,8 @@ class SubmitBatchOperator(_QwenBatchBaseOperator):
         ti.xcom_push(key=CONSOLE_URL_XCOM_KEY, value=self._console_url(batch.id))
 
     def _wait(self, client: BatchClient, batch: Batch, deadline: float | None) -> Batch:
+        from airflow_provider_qwenbatch.client.cancel import cancel_quietly
+
         progress = ProgressReporter(self.log)
         progress.update(batch)
         while not batch.status.is_terminal:
@@ -387,6 +377,8 @@ class SubmitBatchOperator(_QwenBatchBaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: validate its event, then finish like the worker path."""
+        from airflow_provider_qwenbatch.triggers.batch import parse_event
+
         payload = parse_event(event)
         self.batch_id = payload.batch_id
         if payload.status == "timeout":
@@ -458,6 +450,8 @@ class CancelBatchOperator(_QwenBatchBaseOperator):
 
     def execute(self, context: Context) -> dict[str, str | None]:
         """Cancel each batch quietly, then optionally wait for each to be terminal."""
+        from airflow_provider_qwenbatch.client.cancel import cancel_quietly
+
         ids = self._ids()
         client = self._client()
         results: dict[str, str | None] = {}
@@ -546,6 +540,9 @@ class DownloadBatchResultsOperator(_QwenBatchBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Download, count, check the thresholds, then optionally delete the remote files."""
+        from airflow_provider_qwenbatch.client.results import ResultCounts, count_results
+        from airflow_provider_qwenbatch.inputs import store_file
+
         client = self._client()
         with client, as_airflow_errors():
             batch = client.retrieve_batch(self.batch_id)

@@ -9,12 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 
-from airflow_provider_qwenbatch.client.cancel import DEFAULT_KILL_BUDGET, cancel_quietly
 from airflow_provider_qwenbatch.exceptions import BatchFailedError, QwenBatchAirflowError, as_airflow_errors
 from airflow_provider_qwenbatch.hooks.qwen_batch import ConnectionSettings, QwenBatchHook
-from airflow_provider_qwenbatch.operators.batch import parse_event
 from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, describe_end
-from airflow_provider_qwenbatch.triggers.batch import BatchStatusTrigger
+
+# The trigger and the cancel policy are imported where used, to keep DAG parsing cheap.
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -90,6 +89,8 @@ class BatchStatusSensor(BaseSensorOperator):
         result = self.poke(context)
         if result:
             return result.xcom_value if isinstance(result, PokeReturnValue) else None
+        from airflow_provider_qwenbatch.triggers.batch import BatchStatusTrigger
+
         self.defer(
             trigger=BatchStatusTrigger(
                 batch_id=self.batch_id,
@@ -103,6 +104,8 @@ class BatchStatusSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after the trigger: succeed, or fail with the server's details (``soft_fail`` skips)."""
+        from airflow_provider_qwenbatch.triggers.batch import parse_event
+
         payload = parse_event(event)
         if payload.status == "success":
             return payload.batch
@@ -119,5 +122,7 @@ class BatchStatusSensor(BaseSensorOperator):
         """Cancel the watched batch quietly, if ``cancel_on_kill``."""
         if not self.cancel_on_kill or self._settings is None or not self.batch_id:
             return
+        from airflow_provider_qwenbatch.client.cancel import DEFAULT_KILL_BUDGET, cancel_quietly
+
         with self._settings.sync_client(logger=self.log) as client:
             cancel_quietly(client, self.batch_id, budget=DEFAULT_KILL_BUDGET, logger=self.log)

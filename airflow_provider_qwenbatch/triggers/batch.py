@@ -26,11 +26,12 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import certifi
 import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from airflow_provider_qwenbatch.client.aio import AsyncBatchClient
 from airflow_provider_qwenbatch.client.cancel import CancelOutcome, acancel_quietly
@@ -41,6 +42,7 @@ from airflow_provider_qwenbatch.client.errors import (
     QwenBatchError,
 )
 from airflow_provider_qwenbatch.client.models import Batch
+from airflow_provider_qwenbatch.exceptions import BatchEventError
 from airflow_provider_qwenbatch.hooks.qwen_batch import ConnectionSettings, QwenBatchHook
 from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, describe_end
 
@@ -136,6 +138,30 @@ async def release_client(client: AsyncBatchClient) -> None:
     if entry.users <= 0:
         shards.remove(entry)
         await client.aclose()
+
+
+class TriggerEventPayload(BaseModel):
+    """The event :class:`BatchStatusTrigger` yields, validated before it is trusted."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    status: Literal["success", "failed", "timeout", "error"]
+    batch_id: str
+    batch_status: str | None = None
+    message: str = ""
+    batch: dict[str, Any] | None = None
+
+
+def parse_event(event: Any) -> TriggerEventPayload:
+    """Validate a trigger event payload.
+
+    :param event: what the trigger sent.
+    :raises BatchEventError: when it is not a valid payload.
+    """
+    try:
+        return TriggerEventPayload.model_validate(event)
+    except ValidationError as exc:
+        raise BatchEventError(f"unexpected trigger event {str(event)[:200]!r}: {exc.errors()[:2]}") from None
 
 
 def triggerer_has_on_kill() -> bool:

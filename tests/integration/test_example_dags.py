@@ -64,8 +64,10 @@ def test_sensor_example_succeeds(dags: dict[str, Any], emulator: EmulatorHandle)
 
 
 def test_cleanup_example_fails_and_its_batch_is_cancelled(
-    dags: dict[str, Any], emulator: EmulatorHandle
+    dags: dict[str, Any], emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The listener would race the callback to the same cancel; this test proves the callback.
+    monkeypatch.setenv("AIRFLOW__QWENBATCH__CANCEL_ON_DAG_RUN_FAILED", "False")
     emulator.set_config(lines_per_second=50.0)  # 2,000 lines: still running when the run fails
     dr = _run(dags["example_qwenbatch_cleanup"])
     assert str(dr.state) == "failed"
