@@ -12,7 +12,7 @@ Kill semantics (measured on Airflow 3.3.2, see the README):
 * The Connection is resolved and the client built at the start of :meth:`run`: the first
   task-SDK call from a trigger can take ~10 s, too long for a kill path.
 * Triggers of one event loop with the same settings share one async client (see
-  :func:`acquire_client`): a triggerer running thousands of them keeps a few connection pools,
+  :mod:`.client_pool`): a triggerer running thousands of them keeps a few connection pools,
   not one httpx client (SSL context, pool) per trigger. The shared client logs its retries
   under the client's own logger; each trigger still logs its failed polls itself.
 """
@@ -20,16 +20,11 @@ Kill semantics (measured on Airflow 3.3.2, see the README):
 from __future__ import annotations
 
 import asyncio
-import functools
-import ssl
+import random
 import time
-import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any, Literal
 
-import certifi
-import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -43,8 +38,9 @@ from airflow_provider_qwenbatch.client.errors import (
 )
 from airflow_provider_qwenbatch.client.models import Batch
 from airflow_provider_qwenbatch.exceptions import BatchEventError
-from airflow_provider_qwenbatch.hooks.qwen_batch import ConnectionSettings, QwenBatchHook
+from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
 from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, describe_end
+from airflow_provider_qwenbatch.triggers.client_pool import acquire_client, gate_of, release_client
 
 # The triggerer gives on_kill 30 s by default; a slow server still gets its cancel within it.
 TRIGGER_KILL_BUDGET = 20.0
@@ -57,87 +53,6 @@ MAX_FAILED_POLLS = 10
 _PENDING_KILLS: set[asyncio.Task[CancelOutcome]] = set()
 _PENDING_CLOSES: set[asyncio.Future[None]] = set()
 _USER_ACTION = "__airflow_user_action__"
-# Triggers share clients in shards of SHARD_USERS, each with SHARD_CONNECTIONS connections.
-# httpcore's pool rescans all its connections and queued requests whenever one request
-# starts or ends (quadratic), so one client with hundreds of connections or queued
-# requests stalls the event loop for seconds: requests queue on each shard's semaphore
-# instead, and every shard stays small. All shards share one SSL context (building one
-# per client costs ~700 KB and milliseconds of CPU).
-SHARD_USERS = 64
-SHARD_CONNECTIONS = 8
-_SHARD_LIMITS = httpx.Limits(max_connections=SHARD_CONNECTIONS, max_keepalive_connections=SHARD_CONNECTIONS)
-
-
-@dataclass
-class _Pooled:
-    client: AsyncBatchClient
-    gate: asyncio.Semaphore
-    users: int = 0
-
-
-# Per event loop (an httpx async client belongs to one loop), per settings: the shards.
-_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], list[_Pooled]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=certifi.where())
-
-
-def _pool_key(settings: ConnectionSettings) -> tuple[Any, ...]:
-    return (
-        settings.base_url,
-        settings.api_key,
-        settings.timeout,
-        settings.connect_timeout,
-        settings.max_retries,
-    )
-
-
-def acquire_client(settings: ConnectionSettings) -> AsyncBatchClient:
-    """An async client shared by this event loop's triggers with the same settings; give it back with :func:`release_client`.
-
-    :param settings: the resolved Connection.
-    """
-    shards = _POOLS.setdefault(asyncio.get_running_loop(), {}).setdefault(_pool_key(settings), [])
-    entry = next((e for e in shards if e.users < SHARD_USERS), None)
-    if entry is None:
-        transport = httpx.AsyncHTTPTransport(verify=_ssl_context(), limits=_SHARD_LIMITS)
-        entry = _Pooled(settings.async_client(transport=transport), asyncio.Semaphore(SHARD_CONNECTIONS))
-        shards.append(entry)
-    entry.users += 1
-    return entry.client
-
-
-def _find(client: AsyncBatchClient) -> tuple[list[_Pooled], _Pooled] | None:
-    for shards in _POOLS.get(asyncio.get_running_loop(), {}).values():
-        for entry in shards:
-            if entry.client is client:
-                return shards, entry
-    return None
-
-
-def _gate_of(client: AsyncBatchClient) -> asyncio.Semaphore | None:
-    found = _find(client)
-    return found[1].gate if found else None
-
-
-async def release_client(client: AsyncBatchClient) -> None:
-    """Give back a client from :func:`acquire_client`; the last user closes it.
-
-    :param client: the client.
-    """
-    found = _find(client)
-    if found is None:
-        await client.aclose()  # not a pooled client
-        return
-    shards, entry = found
-    entry.users -= 1
-    if entry.users <= 0:
-        shards.remove(entry)
-        await client.aclose()
 
 
 class TriggerEventPayload(BaseModel):
@@ -238,7 +153,7 @@ class BatchStatusTrigger(BaseTrigger):
             yield self._event("error", f"cannot build a client for Connection {self.conn_id!r}: {exc}")
             return
         client = self._client
-        gate = _gate_of(client) or asyncio.Semaphore(1)
+        gate = gate_of(client) or asyncio.Semaphore(1)
         progress = ProgressReporter(self.log)
         failed_polls = 0
         try:
@@ -278,7 +193,9 @@ class BatchStatusTrigger(BaseTrigger):
                         )
                         return
                     wait = min(wait, left)
-                await asyncio.sleep(wait)
+                # Up to 10% shorter, at random: triggers deferred together drift apart instead of
+                # polling in lockstep bursts (the triggerer's loop and the API's rate limit both gain).
+                await asyncio.sleep(wait * random.uniform(0.9, 1.0))
         except asyncio.CancelledError as exc:
             if not triggerer_has_on_kill() and await self._killed_by_user(exc):
                 # Airflow 3.0-3.2 call no on_kill: cancel here, but only for a user kill.

@@ -1,0 +1,108 @@
+"""Sharing async clients between the triggers of one triggerer event loop.
+
+A triggerer may run thousands of :class:`~airflow_provider_qwenbatch.triggers.batch.BatchStatusTrigger`
+at once. One httpx client (SSL context, connection pool) per trigger costs ~800 KB each and
+stalls the loop; one client for all of them stalls it too (see below). Triggers with the same
+Connection settings therefore share clients in small shards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ssl
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import certifi
+import httpx
+
+from airflow_provider_qwenbatch.client.aio import AsyncBatchClient
+from airflow_provider_qwenbatch.hooks.qwen_batch import ConnectionSettings
+
+# Triggers share clients in shards of SHARD_USERS, each with SHARD_CONNECTIONS connections.
+# httpcore's pool rescans all its connections and queued requests whenever one request
+# starts or ends (quadratic), so one client with hundreds of connections or queued
+# requests stalls the event loop for seconds: requests queue on each shard's semaphore
+# instead, and every shard stays small. All shards share one SSL context (building one
+# per client costs ~700 KB and milliseconds of CPU).
+SHARD_USERS = 64
+SHARD_CONNECTIONS = 8
+_SHARD_LIMITS = httpx.Limits(max_connections=SHARD_CONNECTIONS, max_keepalive_connections=SHARD_CONNECTIONS)
+
+
+@dataclass
+class _Pooled:
+    client: AsyncBatchClient
+    gate: asyncio.Semaphore
+    users: int = 0
+
+
+# Per event loop (an httpx async client belongs to one loop), per settings: the shards.
+_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], list[_Pooled]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+def _pool_key(settings: ConnectionSettings) -> tuple[Any, ...]:
+    return (
+        settings.base_url,
+        settings.api_key,
+        settings.timeout,
+        settings.connect_timeout,
+        settings.max_retries,
+    )
+
+
+def acquire_client(settings: ConnectionSettings) -> AsyncBatchClient:
+    """An async client shared by this event loop's triggers with the same settings; give it back with :func:`release_client`.
+
+    :param settings: the resolved Connection.
+    """
+    shards = _POOLS.setdefault(asyncio.get_running_loop(), {}).setdefault(_pool_key(settings), [])
+    entry = next((e for e in shards if e.users < SHARD_USERS), None)
+    if entry is None:
+        transport = httpx.AsyncHTTPTransport(verify=_ssl_context(), limits=_SHARD_LIMITS)
+        entry = _Pooled(settings.async_client(transport=transport), asyncio.Semaphore(SHARD_CONNECTIONS))
+        shards.append(entry)
+    entry.users += 1
+    return entry.client
+
+
+def _find(client: AsyncBatchClient) -> tuple[list[_Pooled], _Pooled] | None:
+    for shards in _POOLS.get(asyncio.get_running_loop(), {}).values():
+        for entry in shards:
+            if entry.client is client:
+                return shards, entry
+    return None
+
+
+def gate_of(client: AsyncBatchClient) -> asyncio.Semaphore | None:
+    """The semaphore bounding a shared client's requests in flight (``None`` for a private client).
+
+    :param client: a client from :func:`acquire_client`.
+    """
+    found = _find(client)
+    return found[1].gate if found else None
+
+
+async def release_client(client: AsyncBatchClient) -> None:
+    """Give back a client from :func:`acquire_client`; the last user closes it.
+
+    :param client: the client.
+    """
+    found = _find(client)
+    if found is None:
+        await client.aclose()  # not a pooled client
+        return
+    shards, entry = found
+    entry.users -= 1
+    if entry.users <= 0:
+        shards.remove(entry)
+        await client.aclose()
