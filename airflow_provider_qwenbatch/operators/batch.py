@@ -6,7 +6,6 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,14 +21,14 @@ from airflow_provider_qwenbatch.exceptions import (
     QwenBatchAirflowError,
     as_airflow_errors,
 )
-from airflow_provider_qwenbatch.hooks.qwen_batch import ConnectionSettings, QwenBatchHook
+from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
 from airflow_provider_qwenbatch.links import CONSOLE_URL_XCOM_KEY, QwenBatchConsoleLink
 from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, describe_end
+from airflow_provider_qwenbatch.task_connection import QwenBatchConnectionMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_qwenbatch.client.cancel import CancelOutcome
     from airflow_provider_qwenbatch.client.models import Batch, BatchCreateRequest
     from airflow_provider_qwenbatch.client.results import ResultCounts
     from airflow_provider_qwenbatch.client.sync import BatchClient
@@ -53,37 +52,13 @@ def _seconds(value: float | timedelta | None) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-class _QwenBatchBaseOperator(BaseOperator):
-    """Shared Connection handling; kill paths build their own client from already-resolved settings."""
+class _QwenBatchBaseOperator(QwenBatchConnectionMixin, BaseOperator):
+    """Shared Connection handling (see :class:`QwenBatchConnectionMixin`)."""
 
     def __init__(self, *, conn_id: str = QwenBatchHook.default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.conn_id = conn_id
-        self._settings: ConnectionSettings | None = None
-
-    @cached_property
-    def hook(self) -> QwenBatchHook:
-        """The hook of ``conn_id``."""
-        return QwenBatchHook(self.conn_id)
-
-    def _client(self) -> BatchClient:
-        with as_airflow_errors():
-            if self._settings is None:
-                try:
-                    self._settings = self.hook.settings
-                except ValueError as exc:
-                    raise QwenBatchAirflowError(str(exc)) from None
-            return self._settings.sync_client(logger=self.log)
-
-    def _cancel_on_kill(self, batch_id: str | None) -> CancelOutcome | None:
-        """Cancel quietly from ``on_kill``: a fresh client (the task's may be mid-request), short budget."""
-        if not batch_id or self._settings is None:
-            self.log.info("on_kill: no batch to cancel")
-            return None
-        from airflow_provider_qwenbatch.client.cancel import DEFAULT_KILL_BUDGET, cancel_quietly
-
-        with self._settings.sync_client(logger=self.log) as client:
-            return cancel_quietly(client, batch_id, budget=DEFAULT_KILL_BUDGET, logger=self.log)
+        self._settings = None
 
 
 class SubmitBatchOperator(_QwenBatchBaseOperator):
@@ -395,7 +370,7 @@ class SubmitBatchOperator(_QwenBatchBaseOperator):
         if next_method == "__fail__" and self.cancel_on_kill:
             batch_id = context["ti"].xcom_pull(task_ids=context["ti"].task_id, key=BATCH_ID_XCOM_KEY)
             if isinstance(batch_id, str):
-                self._client().close()  # resolves the settings for the kill-path client
+                self._resolve_settings()  # the kill-path client is built from them
                 self._cancel_on_kill(batch_id)
         return super().resume_execution(next_method, next_kwargs, context)
 

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 
 from airflow_provider_qwenbatch.exceptions import BatchFailedError, QwenBatchAirflowError, as_airflow_errors
-from airflow_provider_qwenbatch.hooks.qwen_batch import ConnectionSettings, QwenBatchHook
+from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
 from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, describe_end
+from airflow_provider_qwenbatch.task_connection import QwenBatchConnectionMixin
 
 # The trigger and the cancel policy are imported where used, to keep DAG parsing cheap.
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class BatchStatusSensor(BaseSensorOperator):
+class BatchStatusSensor(QwenBatchConnectionMixin, BaseSensorOperator):
     """Wait until a batch is terminal: succeed on ``completed``, fail on ``failed``/``expired``/``cancelled``.
 
     The failure carries the server's error details; with ``soft_fail`` it becomes a skip.
@@ -49,28 +50,15 @@ class BatchStatusSensor(BaseSensorOperator):
         self.conn_id = conn_id
         self.deferrable = deferrable
         self.cancel_on_kill = cancel_on_kill
-        self._settings: ConnectionSettings | None = None
-
-    @cached_property
-    def hook(self) -> QwenBatchHook:
-        """The hook of ``conn_id``."""
-        return QwenBatchHook(self.conn_id)
+        self._settings = None
 
     @cached_property
     def _progress(self) -> ProgressReporter:
         return ProgressReporter(self.log)
 
-    def _resolve(self) -> ConnectionSettings:
-        if self._settings is None:
-            try:
-                self._settings = self.hook.settings
-            except ValueError as exc:
-                raise QwenBatchAirflowError(str(exc)) from None
-        return self._settings
-
     def poke(self, context: Context) -> PokeReturnValue | bool:
         """Read the batch once; raise :class:`BatchFailedError` if it ended badly."""
-        with self._resolve().sync_client(logger=self.log) as client, as_airflow_errors():
+        with self._client() as client, as_airflow_errors():
             batch = client.retrieve_batch(self.batch_id)
         self._progress.update(batch)
         if not batch.status.is_terminal:
@@ -83,7 +71,7 @@ class BatchStatusSensor(BaseSensorOperator):
     def execute(self, context: Context) -> Any:
         """Poke/reschedule as usual, or defer to :class:`BatchStatusTrigger` when ``deferrable``."""
         # Resolved before the first poke, so on_kill can cancel even before anything was read.
-        self._resolve()
+        self._resolve_settings()
         if not self.deferrable:
             return super().execute(context)
         result = self.poke(context)
@@ -120,9 +108,5 @@ class BatchStatusSensor(BaseSensorOperator):
 
     def on_kill(self) -> None:
         """Cancel the watched batch quietly, if ``cancel_on_kill``."""
-        if not self.cancel_on_kill or self._settings is None or not self.batch_id:
-            return
-        from airflow_provider_qwenbatch.client.cancel import DEFAULT_KILL_BUDGET, cancel_quietly
-
-        with self._settings.sync_client(logger=self.log) as client:
-            cancel_quietly(client, self.batch_id, budget=DEFAULT_KILL_BUDGET, logger=self.log)
+        if self.cancel_on_kill:
+            self._cancel_on_kill(self.batch_id)
