@@ -33,9 +33,10 @@ t3 = time.perf_counter()
 print(json.dumps({"sdk": t1 - t0, "added": t3 - t2}))
 """
 
-# Fresh interpreter: record every HTTP client and Connection built while importing the modules.
+# Fresh interpreter: record every HTTP client and Connection built while importing the modules,
+# then build one client on purpose, to show the recorder sees it (also used by a unit test).
 RECORD = r"""
-import importlib, json, sys
+import json, sys, importlib
 import httpx
 built = []
 def recorder(cls):
@@ -55,7 +56,11 @@ def get_connection(cls, conn_id):
 BaseHook.get_connection = classmethod(get_connection)
 for name in sys.argv[1:]:
     importlib.import_module(name)
-print(json.dumps(built))
+at_import = list(built)
+# Control: the recorder does see a client being built.
+from airflow_provider_qwenbatch.client.sync import BatchClient
+BatchClient("sk-control", "http://127.0.0.1:9").close()
+print(json.dumps({"at_import": at_import, "after_control": built}))
 """
 
 
@@ -71,7 +76,7 @@ def constructed_at_import(modules: list[str]) -> list[str]:
     out = subprocess.run(
         [python(), "-c", RECORD, *modules], capture_output=True, text=True, check=True, timeout=120
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(out.stdout.strip().splitlines()[-1])["at_import"]  # type: ignore[no-any-return]
 
 
 def main() -> None:

@@ -65,6 +65,3 @@ class RetryPolicy:
             | httpx.WriteError
             | httpx.PoolTimeout,
         )
-
-
-NO_RETRY = RetryPolicy(max_retries=0)

@@ -36,11 +36,6 @@ class BatchStatus(str, Enum):
         """Whether the batch ended with all of its requests processed."""
         return self is BatchStatus.COMPLETED
 
-    @property
-    def is_cancellable(self) -> bool:
-        """Whether ``POST /batches/{id}/cancel`` can still change anything."""
-        return self in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING)
-
     @classmethod
     def terminal(cls) -> frozenset[BatchStatus]:
         """Return the terminal statuses."""

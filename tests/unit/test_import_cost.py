@@ -6,33 +6,8 @@ import json
 import subprocess
 import sys
 
-PROBE = r"""
-import json, sys, importlib
-import httpx
-built = []
-def recorder(cls):
-    original = cls.__init__
-    def init(self, *a, **k):
-        built.append(cls.__name__)
-        original(self, *a, **k)
-    cls.__init__ = init
-recorder(httpx.Client)
-recorder(httpx.AsyncClient)
-from airflow.sdk import BaseHook, Connection
-recorder(Connection)
-original_get = BaseHook.get_connection.__func__
-def get_connection(cls, conn_id):
-    built.append("get_connection")
-    return original_get(cls, conn_id)
-BaseHook.get_connection = classmethod(get_connection)
-for name in sys.argv[1:]:
-    importlib.import_module(name)
-at_import = list(built)
-# Control: the recorder does see a client being built.
-from airflow_provider_qwenbatch.client.sync import BatchClient
-BatchClient("sk-control", "http://127.0.0.1:9").close()
-print(json.dumps({"at_import": at_import, "after_control": built}))
-"""
+# The same recorder the import_cost benchmark reports with.
+from benchmarks.import_cost import RECORD as PROBE
 
 MODULES = [
     "airflow_provider_qwenbatch.operators.batch",
