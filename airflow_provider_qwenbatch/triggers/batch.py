@@ -11,10 +11,13 @@ Kill semantics (measured on Airflow 3.3.2, see the README):
   cancel request runs as its own task, shielded and referenced, so it completes anyway.
 * The Connection is resolved and the client built at the start of :meth:`run`: the first
   task-SDK call from a trigger can take ~10 s, too long for a kill path.
-* Triggers of one event loop with the same settings share one async client (see
+* Triggers of one event loop with the same settings share async clients (see
   :mod:`.client_pool`): a triggerer running thousands of them keeps a few connection pools,
   not one httpx client (SSL context, pool) per trigger. The shared client logs its retries
   under the client's own logger; each trigger still logs its failed polls itself.
+* They also share one :class:`~.status_watch.StatusWatch`, which reads their statuses with
+  pages of the in-flight list (100 batches per request) and reads a batch on its own only
+  when the list does not show it (it ended): each trigger's poll interval still applies.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from airflow_provider_qwenbatch.client.models import Batch
 from airflow_provider_qwenbatch.exceptions import BatchEventError
 from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
 from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, describe_end
-from airflow_provider_qwenbatch.triggers.client_pool import acquire_client, gate_of, release_client
+from airflow_provider_qwenbatch.triggers.client_pool import acquire_client, release_client
+from airflow_provider_qwenbatch.triggers.status_watch import StatusWatch, acquire_watch, release_watch
 
 # The triggerer gives on_kill 30 s by default; a slow server still gets its cancel within it.
 TRIGGER_KILL_BUDGET = 20.0
@@ -112,6 +116,7 @@ class BatchStatusTrigger(BaseTrigger):
         self.deadline = deadline
         self.cancel_on_kill = cancel_on_kill
         self._client: AsyncBatchClient | None = None
+        self._watch: StatusWatch | None = None
         self._kill_task: asyncio.Task[CancelOutcome] | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -141,26 +146,24 @@ class BatchStatusTrigger(BaseTrigger):
             payload["batch"] = batch_summary(batch)
         return TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
-    async def _connect(self) -> AsyncBatchClient:
+    async def _connect(self) -> tuple[AsyncBatchClient, StatusWatch]:
         settings = await QwenBatchHook(self.conn_id).aget_settings()
-        return acquire_client(settings)
+        return acquire_client(settings), acquire_watch(settings)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until terminal (or the deadline), yield one event, return."""
         try:
-            self._client = await self._connect()
+            self._client, self._watch = await self._connect()
         except Exception as exc:
             yield self._event("error", f"cannot build a client for Connection {self.conn_id!r}: {exc}")
             return
-        client = self._client
-        gate = gate_of(client) or asyncio.Semaphore(1)
+        client, watch = self._client, self._watch
         progress = ProgressReporter(self.log)
         failed_polls = 0
         try:
             while True:
                 try:
-                    async with gate:
-                        batch = await client.retrieve_batch(self.batch_id)
+                    batch = await watch.read(self.batch_id)
                     failed_polls = 0
                 except _FATAL as exc:
                     yield self._event("error", f"cannot read batch {self.batch_id}: {exc}")
@@ -259,6 +262,9 @@ class BatchStatusTrigger(BaseTrigger):
 
     async def cleanup(self) -> None:
         """Release the client; never cancels the batch (cleanup also runs on a triggerer restart)."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            await release_watch(watch)
         if self._kill_task is not None and not self._kill_task.done():
             return  # _after_kill closes the client once the cancel is through
         client, self._client = self._client, None

@@ -50,7 +50,11 @@ def _ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-def _pool_key(settings: ConnectionSettings) -> tuple[Any, ...]:
+def settings_key(settings: ConnectionSettings) -> tuple[Any, ...]:
+    """What makes two Connections interchangeable for a shared client (the resolved values, not the id).
+
+    :param settings: the resolved Connection.
+    """
     return (
         settings.base_url,
         settings.api_key,
@@ -65,7 +69,7 @@ def acquire_client(settings: ConnectionSettings) -> AsyncBatchClient:
 
     :param settings: the resolved Connection.
     """
-    shards = _POOLS.setdefault(asyncio.get_running_loop(), {}).setdefault(_pool_key(settings), [])
+    shards = _POOLS.setdefault(asyncio.get_running_loop(), {}).setdefault(settings_key(settings), [])
     entry = next((e for e in shards if e.users < SHARD_USERS), None)
     if entry is None:
         transport = httpx.AsyncHTTPTransport(verify=_ssl_context(), limits=_SHARD_LIMITS)

@@ -51,11 +51,13 @@ class RawServer:
         self.answer: tuple[int, str, bytes] = (200, "application/json", json.dumps(GOOD_BATCH).encode())
         self.queue: list[tuple[int, str, bytes]] = []
         self.hits = 0
+        self.paths: list[str] = []
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def _reply(self) -> None:
                 owner.hits += 1
+                owner.paths.append(self.path)
                 length = int(self.headers.get("content-length") or 0)
                 if length:
                     self.rfile.read(length)
@@ -77,6 +79,10 @@ class RawServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/compatible-mode/v1"
+
+    def reads_of(self, batch_id: str) -> int:
+        """``GET /batches/{batch_id}`` requests received (not list pages)."""
+        return sum(1 for p in self.paths if p.endswith(f"/batches/{batch_id}"))
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -262,7 +268,7 @@ async def test_trigger_yields_an_error_event_on_a_malformed_answer(
     (event,) = events
     assert event["status"] == "error" and event["batch_id"] == BATCH_ID
     assert fragments[0] in event["message"] and BATCH_ID in event["message"]
-    assert raw.hits == 1
+    assert raw.reads_of(BATCH_ID) == 1  # the list page failed or did not show it: one read, fatal
 
 
 async def test_trigger_gives_up_on_endless_502_with_one_error_event(raw: RawServer) -> None:
@@ -270,14 +276,14 @@ async def test_trigger_gives_up_on_endless_502_with_one_error_event(raw: RawServ
     events = await _events(BatchStatusTrigger(batch_id=BATCH_ID, conn_id="qwen_raw", poll_interval=0.01))
     assert [e["status"] for e in events] == ["error"]
     assert "HTTP 502" in events[0]["message"] and f"{MAX_FAILED_POLLS} polls" in events[0]["message"]
-    assert raw.hits == MAX_FAILED_POLLS
+    assert raw.reads_of(BATCH_ID) == MAX_FAILED_POLLS
 
 
 async def test_trigger_recovers_when_the_502s_stop(raw: RawServer) -> None:
     raw.queue = [(502, "text/html", HTML_502)] * 3
     raw.answer = _json({**GOOD_BATCH, "status": "completed", "output_file_id": "file-batch_output-1"})
     events = await _events(BatchStatusTrigger(batch_id=BATCH_ID, conn_id="qwen_raw", poll_interval=0.02))
-    assert raw.hits == 4
+    assert raw.hits == 4  # 1 list page (a 502, so listing pauses) + 3 reads of the batch
     assert [e["status"] for e in events] == ["success"]
 
 

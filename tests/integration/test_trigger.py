@@ -69,7 +69,10 @@ async def long_batch(emulator: EmulatorHandle, tmp_path: Path) -> AsyncIterator[
 
 
 def _polled(emulator: EmulatorHandle, batch_id: str) -> bool:
-    return bool(emulator.requests(endpoint="get_batch", batch_id=batch_id))
+    # Triggers read statuses from pages of the in-flight list (status_watch), one by one otherwise.
+    return bool(emulator.requests(endpoint="get_batch", batch_id=batch_id)) or bool(
+        emulator.requests(endpoint="list_batches")
+    )
 
 
 async def test_user_kill_cancels_the_batch(emulator: EmulatorHandle, long_batch: str) -> None:
