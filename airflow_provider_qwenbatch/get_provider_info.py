@@ -105,6 +105,16 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "False",
                         "default": "True",
                     },
+                    "trigger_list_pages_per_minute": {
+                        "description": "Deferred batch tasks of one triggerer share their status reads: "
+                        "pages of the in-flight batch list (100 batches per request) instead of one read "
+                        "per batch per poll. This caps the list requests per minute of each triggerer and "
+                        "Connection (the account's list quota is 100/min). 0 reads every batch on its own.",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "30",
+                        "default": "60",
+                    },
                     "default_conn_id": {
                         "description": "Connection used by the failure listener to find and cancel batches.",
                         "version_added": "0.1.0",

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_qwenbatch.client.aio import AsyncBatchClient
-from airflow_provider_qwenbatch.client.errors import QwenBatchError
 from airflow_provider_qwenbatch.client.models import Batch
 from airflow_provider_qwenbatch.client.status import BatchStatus
 from airflow_provider_qwenbatch.hooks.qwen_batch import ConnectionSettings
@@ -46,8 +45,10 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGES_PER_MINUTE = 60.0
 # The largest page the list endpoint serves.
 LIST_PAGE_SIZE = 100
-# After a failed list request, read batches one by one for this long before listing again.
-LIST_PAUSE = 300.0
+# After a failed list request (already retried by the client), read batches one by one for this
+# long before listing again: each reader then meets its own outcome, as without a watch, and a
+# list that keeps failing (a proxy without it, a used-up list quota) costs one request a minute.
+LIST_PAUSE = 60.0
 _IN_FLIGHT = sorted(s.value for s in BatchStatus.in_flight())
 
 
@@ -113,7 +114,8 @@ class StatusWatch:
         """The batch as read after this call began.
 
         :param batch_id: the batch.
-        :raises QwenBatchError: what reading the batch on its own raised.
+        :raises airflow_provider_qwenbatch.client.errors.QwenBatchError: what reading the batch on
+            its own raised.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Batch] = loop.create_future()
@@ -129,7 +131,14 @@ class StatusWatch:
             self._waiting = _Waiting()
             if not waiting:
                 return
-            unlisted = await self._sweep(waiting)
+            try:
+                unlisted = await self._sweep(waiting)
+            except asyncio.CancelledError:
+                # aclose(): nobody will answer these readers any more.
+                for futures in waiting.values():
+                    for future in futures:
+                        future.cancel()
+                raise
             for batch_id, futures in unlisted.items():
                 task = asyncio.get_running_loop().create_task(self._read_one(batch_id, futures))
                 self._singles.add(task)
@@ -155,7 +164,9 @@ class StatusWatch:
                     page = await self.client.list_batches(
                         after=after, limit=LIST_PAGE_SIZE, status=_IN_FLIGHT
                     )
-            except QwenBatchError as exc:
+            except Exception as exc:
+                # Anything (not only QwenBatchError): a sweep that died would leave its readers
+                # waiting forever; read one by one instead, which gives each reader its own outcome.
                 self._list_paused_until = loop.time() + LIST_PAUSE
                 log.warning(
                     "Listing in-flight batches failed (%s); reading each batch on its own for %.0f s",
@@ -260,3 +271,8 @@ async def release_watch(watch: StatusWatch) -> None:
             del watches[key]
     await watch.aclose()
     await release_client(watch.client)
+
+
+def running_watches() -> list[StatusWatch]:
+    """The watches alive in the running event loop (for monitoring, tests and benchmarks)."""
+    return list(_WATCHES.get(asyncio.get_running_loop(), {}).values())
