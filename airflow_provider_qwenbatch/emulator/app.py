@@ -465,6 +465,10 @@ def build_api(state: EmulatorState) -> FastAPI:
             create_after=_time_param(request, "create_after"),
             create_before=_time_param(request, "create_before"),
         )
+        entry = request.scope.get("qwenbatch_emulator")
+        if isinstance(entry, dict):
+            # Which batches this page showed: a status read of each, for the request log's readers.
+            entry["listed"] = [rec.id for rec in page]
         return JSONResponse(_list_page(page, has_more))
 
     @api.get("/batches/{batch_id}")

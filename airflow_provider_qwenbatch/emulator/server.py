@@ -75,6 +75,20 @@ class EmulatorHandle:
         result: list[dict[str, Any]] = self._admin("GET", "/requests", params=params)["requests"]
         return result
 
+    def status_reads(self, batch_id: str, *, since: int = 0) -> list[dict[str, Any]]:
+        """Requests that read the batch's status: ``GET /batches/{id}``, and list pages that showed it.
+
+        :param batch_id: the batch.
+        :param since: only entries with ``seq`` greater than this.
+        """
+        reads = self.requests(since=since, endpoint="get_batch", batch_id=batch_id)
+        pages = [
+            e
+            for e in self.requests(since=since, endpoint="list_batches")
+            if e.get("status") == 200 and batch_id in (e.get("listed") or [])
+        ]
+        return sorted(reads + pages, key=lambda e: int(e["seq"]))
+
     def batches(self, *, lines: bool = True) -> list[dict[str, Any]]:
         """Full state of every batch (``GET /_emulator/batches``).
 

@@ -9,6 +9,7 @@ cancels without it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -70,9 +71,7 @@ async def long_batch(emulator: EmulatorHandle, tmp_path: Path) -> AsyncIterator[
 
 def _polled(emulator: EmulatorHandle, batch_id: str) -> bool:
     # Triggers read statuses from pages of the in-flight list (status_watch), one by one otherwise.
-    return bool(emulator.requests(endpoint="get_batch", batch_id=batch_id)) or bool(
-        emulator.requests(endpoint="list_batches")
-    )
+    return bool(emulator.status_reads(batch_id))
 
 
 async def test_user_kill_cancels_the_batch(emulator: EmulatorHandle, long_batch: str) -> None:
@@ -132,6 +131,29 @@ async def _collect(trigger: BatchStatusTrigger) -> list[dict[str, Any]]:
         events.append(event.payload)
     await trigger.cleanup()
     return events
+
+
+async def test_triggers_of_one_loop_share_list_pages(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    """20 deferred batches in one loop: statuses come from shared pages; each end is read from the batch."""
+    emulator.set_config(lines_per_second=2.0)  # 3 lines: each batch stays in flight for a few pages
+    batches = [await asyncio.to_thread(create_batch, emulator, tmp_path, 3) for _ in range(20)]
+    ids = {b.id for b in batches}
+    seq0 = emulator.requests()[-1]["seq"]
+    triggers = [BatchStatusTrigger(batch_id=b.id, poll_interval=0.2) for b in batches]
+    results = await asyncio.wait_for(asyncio.gather(*(_collect(t) for t in triggers)), 90)
+
+    assert [[e["status"] for e in events] for events in results] == [["success"]] * 20
+    assert {events[0]["batch_id"] for events in results} == ids
+    assert all(events[0]["batch"]["request_counts"]["completed"] == 3 for events in results)
+    # One GET /batches/{id} per batch: its end, read from the batch itself.
+    singles = emulator.requests(since=seq0, endpoint="get_batch")
+    assert sorted(e["batch_id"] for e in singles) == sorted(ids)
+    # Every other read came from list pages that showed all 20 at once, spaced to the default budget.
+    pages = emulator.requests(since=seq0, endpoint="list_batches")
+    assert any(ids <= set(p["listed"]) for p in pages)
+    assert len(pages) < len(singles) * 2  # 20 triggers polling every 0.2 s would read ~100 times a second
+    starts = [p["monotonic"] for p in pages]
+    assert all(b - a >= 0.95 for a, b in itertools.pairwise(starts)), starts
 
 
 async def test_one_success_event_with_summary(emulator: EmulatorHandle, tmp_path: Path) -> None:

@@ -85,8 +85,8 @@ class EmulatorView:
         return self.handle.requests(endpoint="cancel_batch", batch_id=batch_id)
 
     def polls(self, batch_id: str) -> list[dict[str, Any]]:
-        """Every ``GET /batches/{id}`` for the batch."""
-        return self.handle.requests(endpoint="get_batch", batch_id=batch_id)
+        """Every status read of the batch: ``GET /batches/{id}``, or a list page that showed it (triggers)."""
+        return self.handle.status_reads(batch_id)
 
     def creates(self, batch_ids: set[str]) -> list[dict[str, Any]]:
         """``POST /batches`` requests that created one of ``batch_ids``."""
