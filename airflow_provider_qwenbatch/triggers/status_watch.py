@@ -126,6 +126,10 @@ class StatusWatch:
 
     async def _sweep_while_waited(self) -> None:
         while True:
+            if self._listing():
+                # Wait for the list budget BEFORE taking the readers: reads asked meanwhile join
+                # this sweep, since its first page is not asked yet.
+                await self._wait_turn()
             waiting = self._waiting.live()
             # Reads asked from now on wait for the next sweep: this one may be past their page.
             self._waiting = _Waiting()
@@ -149,14 +153,12 @@ class StatusWatch:
     ) -> dict[str, list[asyncio.Future[Batch]]]:
         """Answer what the in-flight list shows, page by page; return the waits it did not answer."""
         loop = asyncio.get_running_loop()
-        if self._page_gap is None or loop.time() < self._list_paused_until:
+        if self._page_gap is None or not self._listing():
             return waiting
         after: str | None = None
         while waiting:
             # Spaced one by one, not per sweep: the list quota may be enforced per second.
-            delay = self._next_page_at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await self._wait_turn()
             self._next_page_at = loop.time() + self._page_gap
             try:
                 async with self._gate:
@@ -185,6 +187,15 @@ class StatusWatch:
                 break
             after = page.last_id
         return waiting
+
+    def _listing(self) -> bool:
+        """Whether reads go to list pages now (listing is on and not paused after a failure)."""
+        return self._page_gap is not None and asyncio.get_running_loop().time() >= self._list_paused_until
+
+    async def _wait_turn(self) -> None:
+        delay = self._next_page_at - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def _read_one(self, batch_id: str, futures: list[asyncio.Future[Batch]]) -> None:
         try:

@@ -210,6 +210,18 @@ async def test_list_pages_are_spaced_to_the_budget() -> None:
     await client.aclose()
 
 
+async def test_reads_asked_while_the_watch_waits_for_its_turn_share_the_next_page() -> None:
+    server = FakeServer([batch(1), batch(2)])
+    watch, client = make_watch(server, per_minute=600.0)  # one page per 0.1 s
+    await watch.read("batch_0001")
+    first = asyncio.ensure_future(watch.read("batch_0001"))  # must wait ~0.1 s for the budget
+    await asyncio.sleep(0.03)
+    second = asyncio.ensure_future(watch.read("batch_0002"))  # asked before that page went out
+    assert [b.id for b in await asyncio.gather(first, second)] == ["batch_0001", "batch_0002"]
+    assert len(server.pages) == 2 and server.singles == []
+    await client.aclose()
+
+
 async def test_zero_pages_per_minute_reads_each_batch_on_its_own() -> None:
     server = FakeServer([batch(1), batch(2)])
     watch, client = make_watch(server, per_minute=0)
