@@ -154,9 +154,11 @@ def system(request: pytest.FixtureRequest) -> Iterator[System]:
     finally:
         failed = failed_setup or any(o in ("failed", "xpassed") for o in _OUTCOMES.values())
         kept = None
-        if failed:
+        # QWENBATCH_KEEP_SYSTEM_LOGS=1 keeps them after a passing run too (to read what took how long).
+        if failed or os.environ.get("QWENBATCH_KEEP_SYSTEM_LOGS") == "1":
             try:
-                kept = _keep_logs(stack, emulator, "setup failed" if failed_setup else "a scenario failed")
+                reason = "setup failed" if failed_setup else ("a scenario failed" if failed else "asked to")
+                kept = _keep_logs(stack, emulator, reason)
             except Exception as exc:  # never hide the real failure
                 kept = None
                 if reporter:
