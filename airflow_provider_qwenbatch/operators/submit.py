@@ -1,0 +1,364 @@
+"""SubmitBatchOperator: validate, upload, create (or re-attach to) a batch, and wait for it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from airflow_provider_qwenbatch.client.identity import BatchTag
+from airflow_provider_qwenbatch.client.window import parse_completion_window
+from airflow_provider_qwenbatch.exceptions import (
+    BatchFailedError,
+    BatchInputError,
+    BatchTimeoutError,
+    QwenBatchAirflowError,
+    as_airflow_errors,
+)
+from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
+from airflow_provider_qwenbatch.links import CONSOLE_URL_XCOM_KEY, QwenBatchConsoleLink
+from airflow_provider_qwenbatch.operators._base import (
+    BATCH_ID_XCOM_KEY,
+    CANCEL_BUDGET,
+    QwenBatchBaseOperator,
+    default_deferrable,
+    seconds,
+)
+from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, describe_end
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_qwenbatch.client.models import Batch, BatchCreateRequest
+    from airflow_provider_qwenbatch.client.sync import BatchClient
+    from airflow_provider_qwenbatch.inputs import PreparedInput
+
+# The client, the trigger and the input helpers are imported inside the methods that use them:
+# a DAG file that imports these operators is parsed often, and should not pay for them.
+
+
+class SubmitBatchOperator(QwenBatchBaseOperator):
+    """Submit a batch job to Qwen Cloud and (by default) wait for it, without a second paid batch on retry.
+
+    Input is exactly one of ``requests`` (a list of request dicts, e.g. from XCom),
+    ``input_path`` (a JSONL path or ObjectStoragePath URI) or ``input_file_id`` (already
+    uploaded, or an OSS URL). Files are validated in full before anything is uploaded.
+
+    The batch is tagged in ``metadata.ds_name`` with a hash of dag, run, task and map index;
+    a retry re-attaches to the batch of an earlier try (unless that one ended failed, expired
+    or cancelled). The batch id and console URL go to XCom as soon as the batch exists.
+
+    :param endpoint: ``/v1/chat/completions``, ``/v1/embeddings`` or ``/v1/chat/ds-test``.
+    :param requests: request dicts ``{custom_id, body}`` (``method``/``url`` default to POST/endpoint).
+    :param input_path: JSONL file: local path, ``file://``, ``s3://``, ``oss://``...
+    :param input_file_id: an uploaded file id, OSS presigned URL or ``oss:{region}:{bucket}/{path}``.
+    :param input_conn_id: Airflow Connection of the object store holding ``input_path``.
+    :param completion_window: ``24h`` to ``336h`` (``1d`` to ``14d``).
+    :param metadata: ``ds_name`` (kept beside the provider's tag), ``ds_description``, ``ds_batch_finish_callback``.
+    :param conn_id: the ``qwen_batch`` Connection.
+    :param wait_for_completion: wait until the batch is terminal (default True).
+    :param deferrable: wait in the triggerer instead of holding a worker slot.
+    :param poll_interval: seconds between status reads (default 60, the API's guidance).
+    :param timeout: cancel the batch and fail when it runs longer than this (seconds or timedelta).
+    :param cancel_on_kill: cancel the batch when the task is killed (default True).
+    :param reattach: on a retry, re-attach to the batch of an earlier try (default True).
+    :param delete_input_file: delete the uploaded input file once the batch ends (quota: 10,000 files).
+    """
+
+    template_fields: Sequence[str] = (
+        "requests",
+        "input_path",
+        "input_file_id",
+        "endpoint",
+        "completion_window",
+        "metadata",
+    )
+    template_ext: Sequence[str] = ()
+    operator_extra_links = (QwenBatchConsoleLink(),)
+    ui_color = "#6f42c1"
+
+    def __init__(
+        self,
+        *,
+        endpoint: str = "/v1/chat/completions",
+        requests: Sequence[Mapping[str, Any]] | str | None = None,
+        input_path: str | None = None,
+        input_file_id: str | None = None,
+        input_conn_id: str | None = None,
+        completion_window: str = "24h",
+        metadata: dict[str, str] | None = None,
+        conn_id: str = QwenBatchHook.default_conn_name,
+        wait_for_completion: bool = True,
+        deferrable: bool = default_deferrable(),
+        poll_interval: float = 60.0,
+        timeout: float | timedelta | None = None,
+        cancel_on_kill: bool = True,
+        reattach: bool = True,
+        delete_input_file: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(conn_id=conn_id, **kwargs)
+        given = [
+            n
+            for n, v in (("requests", requests), ("input_path", input_path), ("input_file_id", input_file_id))
+            if v is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                f"{self.task_id}: give exactly one of requests, input_path, input_file_id (got {given or 'none'})"
+            )
+        if poll_interval <= 0:
+            raise ValueError(f"{self.task_id}: poll_interval must be positive, got {poll_interval}")
+        self.endpoint = endpoint
+        self.requests = requests
+        self.input_path = input_path
+        self.input_file_id = input_file_id
+        self.input_conn_id = input_conn_id
+        self.completion_window = completion_window
+        self.metadata = metadata
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.timeout = seconds(timeout)
+        self.cancel_on_kill = cancel_on_kill
+        self.reattach = reattach
+        self.delete_input_file = delete_input_file
+        self.batch_id: str | None = None
+        self._killed = False
+        if "{{" not in completion_window:
+            self._check_window()
+
+    # ---- checks before anything is uploaded -----------------------------------------------
+
+    def _check_window(self) -> None:
+        try:
+            parse_completion_window(self.completion_window)
+        except ValueError as exc:
+            raise BatchInputError(f"{self.task_id}: {exc}") from None
+
+    def _create_request(self, tag: BatchTag, input_file_id: str) -> BatchCreateRequest:
+        from airflow_provider_qwenbatch.client.models import BatchCreateRequest
+
+        if self.metadata is not None and not isinstance(self.metadata, Mapping):
+            raise BatchInputError(
+                f"{self.task_id}: invalid batch parameters: metadata must be a dict, "
+                f"got {type(self.metadata).__name__}"
+            )
+        metadata = dict(self.metadata or {})
+        user_name = metadata.get("ds_name")
+        if user_name is not None and not isinstance(user_name, str):
+            raise BatchInputError(
+                f"{self.task_id}: invalid batch parameters: metadata.ds_name must be a string, "
+                f"got {type(user_name).__name__}"
+            )
+        metadata["ds_name"] = tag.ds_name(user_name)
+        try:
+            return BatchCreateRequest(
+                input_file_id=input_file_id,
+                endpoint=self.endpoint,
+                completion_window=self.completion_window,
+                metadata=metadata,
+            )
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}".replace("Value error, ", "")
+                for e in exc.errors()
+            )
+            raise BatchInputError(f"{self.task_id}: invalid batch parameters: {problems}") from None
+
+    def _prepare_input(self) -> PreparedInput | None:
+        from airflow_provider_qwenbatch.inputs import prepare_path, prepare_requests
+
+        with as_airflow_errors():
+            if self.requests is not None:
+                if isinstance(self.requests, str):
+                    raise BatchInputError(
+                        f"{self.task_id}: requests rendered to a string, not a list; use render_template_as_native_obj=True "
+                        "on the DAG or pass the XComArg itself"
+                    )
+                return prepare_requests(self.requests, self.endpoint)
+            if self.input_path is not None:
+                return prepare_path(self.input_path, self.endpoint, self.input_conn_id)
+        return None
+
+    # ---- execute --------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Validate, upload, create (or re-attach), then wait as configured."""
+        from airflow_provider_qwenbatch.client.cancel import DEFAULT_KILL_BUDGET, cancel_quietly
+        from airflow_provider_qwenbatch.triggers.batch import BatchStatusTrigger
+
+        started = time.monotonic()
+        ti = context["ti"]
+        tag = BatchTag(ti.dag_id, ti.run_id, ti.task_id, ti.map_index if ti.map_index is not None else -1)
+        self._check_window()
+        # Metadata and endpoint checked with a placeholder id: nothing is uploaded before they pass.
+        self._create_request(tag, self.input_file_id or "file-placeholder")
+        client = self._client()
+        with client, as_airflow_errors():
+            batch = self._find_earlier(client, tag, ti.try_number)
+            if batch is None:
+                batch = self._submit(client, tag)
+            self.batch_id = batch.id
+            self._publish(context, batch)
+            if self._killed and self.cancel_on_kill:
+                # on_kill ran while the batch was being created and found nothing to cancel.
+                outcome = cancel_quietly(client, batch.id, budget=DEFAULT_KILL_BUDGET, logger=self.log)
+                raise QwenBatchAirflowError(
+                    f"{self.task_id}: killed while creating batch {batch.id}; cancel: {outcome.action.value}"
+                )
+            if not self.wait_for_completion:
+                return batch_summary(batch, console_url=self._console_url(batch.id))
+            deadline = (batch.created_at or time.time()) + self.timeout if self.timeout else None
+            if self.deferrable and not batch.status.is_terminal:
+                self.defer(
+                    trigger=BatchStatusTrigger(
+                        batch_id=batch.id,
+                        conn_id=self.conn_id,
+                        poll_interval=self.poll_interval,
+                        deadline=deadline,
+                        cancel_on_kill=self.cancel_on_kill,
+                    ),
+                    method_name="execute_complete",
+                    timeout=self._defer_timeout(started),
+                )
+            batch = self._wait(client, batch, deadline)
+            return self._finish(client, batch)
+
+    def _defer_timeout(self, started: float) -> timedelta | None:
+        # Airflow 3 bounds only execute() by execution_timeout, not the time deferred: pass what is
+        # left of it as the trigger timeout, so resume_execution("__fail__") cancels the batch.
+        if self.execution_timeout is None:
+            return None
+        left = self.execution_timeout - timedelta(seconds=time.monotonic() - started)
+        return max(left, timedelta(0))
+
+    def _find_earlier(self, client: BatchClient, tag: BatchTag, try_number: int | None) -> Batch | None:
+        if not self.reattach or (try_number or 1) <= 1:
+            return None
+        from airflow_provider_qwenbatch.client.lookup import find_batch_for_task
+
+        batch = find_batch_for_task(client, tag, self.input_file_id)
+        if batch is not None:
+            self.log.info(
+                "Try %s re-attaches to batch %s (%s) created by an earlier try; no new batch is created",
+                try_number,
+                batch.id,
+                batch.status.value,
+            )
+        return batch
+
+    def _submit(self, client: BatchClient, tag: BatchTag) -> Batch:
+        prepared = self._prepare_input()
+        try:
+            if prepared is not None:
+                s = prepared.summary
+                self.log.info(
+                    "Input valid: %d requests, %d bytes, model %s; uploading",
+                    s.lines,
+                    s.bytes,
+                    s.model or "?",
+                )
+                uploaded = client.upload_file(prepared.path)
+                input_file_id = uploaded.id
+                self.log.info(
+                    "Uploaded input file %s (x-request-id=%s)", input_file_id, uploaded.x_request_id
+                )
+            else:
+                assert self.input_file_id is not None
+                input_file_id = self.input_file_id
+        finally:
+            if prepared is not None:
+                prepared.discard()
+        request = self._create_request(tag, input_file_id)
+        batch = client.create_batch(
+            request.input_file_id, request.endpoint, request.completion_window, request.metadata
+        )
+        self.log.info(
+            "Created batch %s (%s, tag %s, x-request-id=%s)",
+            batch.id,
+            batch.status.value,
+            tag.value,
+            batch.x_request_id,
+        )
+        return batch
+
+    def _console_url(self, batch_id: str) -> str:
+        assert self._settings is not None
+        return self._settings.console_url(batch_id)
+
+    def _publish(self, context: Context, batch: Batch) -> None:
+        # Pushed at once, so links and clean-up can find the batch even if the task dies next.
+        ti = context["ti"]
+        ti.xcom_push(key=BATCH_ID_XCOM_KEY, value=batch.id)
+        ti.xcom_push(key=CONSOLE_URL_XCOM_KEY, value=self._console_url(batch.id))
+
+    def _wait(self, client: BatchClient, batch: Batch, deadline: float | None) -> Batch:
+        from airflow_provider_qwenbatch.client.cancel import cancel_quietly
+
+        progress = ProgressReporter(self.log)
+        progress.update(batch)
+        while not batch.status.is_terminal:
+            wait = self.poll_interval
+            if deadline is not None:
+                left = deadline - time.time()
+                if left <= 0:
+                    outcome = cancel_quietly(client, batch.id, budget=CANCEL_BUDGET, logger=self.log)
+                    raise BatchTimeoutError(
+                        f"{self.task_id}: batch {batch.id} still {batch.status.value} after the timeout of "
+                        f"{self.timeout:.0f}s; cancel: {outcome.action.value} (x-request-id={outcome.request_id or 'none'})"
+                    )
+                wait = min(wait, left)
+            time.sleep(wait)
+            batch = client.retrieve_batch(batch.id)
+            progress.update(batch)
+        return batch
+
+    def _finish(self, client: BatchClient, batch: Batch) -> dict[str, Any]:
+        if self.delete_input_file and batch.input_file_id:
+            try:
+                client.delete_file(batch.input_file_id)
+                self.log.info("Deleted input file %s", batch.input_file_id)
+            except Exception as exc:  # the batch's result matters more than the quota
+                self.log.warning("Could not delete input file %s: %s", batch.input_file_id, exc)
+        if not batch.status.is_success:
+            raise BatchFailedError(describe_end(batch), batch.id, batch.status.value)
+        self.log.info(describe_end(batch))
+        return batch_summary(batch, console_url=self._console_url(batch.id))
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger: validate its event, then finish like the worker path."""
+        from airflow_provider_qwenbatch.triggers.batch import parse_event
+
+        payload = parse_event(event)
+        self.batch_id = payload.batch_id
+        if payload.status == "timeout":
+            raise BatchTimeoutError(f"{self.task_id}: {payload.message}")
+        if payload.status == "error":
+            raise QwenBatchAirflowError(f"{self.task_id}: {payload.message}")
+        client = self._client()
+        with client, as_airflow_errors():
+            # Re-read: the event is a summary, and the final state decides.
+            return self._finish(client, client.retrieve_batch(payload.batch_id))
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """When the trigger failed or timed out (``execution_timeout`` while deferred), cancel the batch first."""
+        if next_method == "__fail__" and self.cancel_on_kill:
+            batch_id = context["ti"].xcom_pull(task_ids=context["ti"].task_id, key=BATCH_ID_XCOM_KEY)
+            if isinstance(batch_id, str):
+                self._resolve_settings()  # the kill-path client is built from them
+                self._cancel_on_kill(batch_id)
+        return super().resume_execution(next_method, next_kwargs, context)
+
+    def on_kill(self) -> None:
+        """Cancel the batch quietly (well under the 5 s before SIGKILL).
+
+        Killed while the batch was being created: nothing is known yet to cancel, so the flag
+        set here makes ``execute`` cancel the batch as soon as the create call returns.
+        """
+        self._killed = True
+        if self.cancel_on_kill:
+            self._cancel_on_kill(self.batch_id)
