@@ -66,6 +66,7 @@ def as_airflow_errors() -> Iterator[None]:
     try:
         yield
     except InputValidationError as exc:
-        raise BatchInputError(str(exc)) from exc
+        # The message names every problem; the client's traceback would only repeat it.
+        raise BatchInputError(str(exc)) from None
     except QwenBatchError as exc:
         raise QwenBatchAirflowError(str(exc), exc.request_id) from exc

@@ -106,11 +106,30 @@ class ValidationProblem:
     message: str
     field: str | None = None
 
-    def render(self, source: str) -> str:
-        """Render as ``source:line: [rule] field: message``."""
-        where = f"{source}:{self.line}" if self.line is not None else source
+    def render(self, source: str, unit: str = "line") -> str:
+        """Render as ``source:line: [rule] field: message`` (``source: request 5 (index 4): ...`` for a list).
+
+        :param source: the file or input named in the message.
+        :param unit: ``line`` for a file; ``request`` for a list of request dicts, whose
+            positions a user looks up by 0-based index.
+        """
+        if self.line is None:
+            where = source
+        elif unit == "request":
+            where = f"{source}: {position(self.line, unit)}"
+        else:
+            where = f"{source}:{self.line}"
         field = f" field '{self.field}':" if self.field else ""
         return f"{where}: [{self.rule}]{field} {self.message}"
+
+
+def position(n: int, unit: str) -> str:
+    """Name the 1-based position ``n`` of an input: ``line 5``, or ``request 5 (index 4)`` in a list.
+
+    :param n: 1-based position.
+    :param unit: ``line`` or ``request``.
+    """
+    return f"request {n} (index {n - 1})" if unit == "request" else f"line {n}"
 
 
 class InputValidationError(QwenBatchError):
@@ -119,16 +138,20 @@ class InputValidationError(QwenBatchError):
     :param source: the file path or a description of the input.
     :param problems: every problem found (the first ones, if there were very many).
     :param truncated: whether more problems were found than are listed.
+    :param unit: ``line`` (a file) or ``request`` (a list of request dicts).
     """
 
-    def __init__(self, source: str, problems: list[ValidationProblem], *, truncated: bool = False) -> None:
+    def __init__(
+        self, source: str, problems: list[ValidationProblem], *, truncated: bool = False, unit: str = "line"
+    ) -> None:
         self.source = source
         self.problems = problems
         self.truncated = truncated
+        self.unit = unit
         super().__init__(self._summary())
 
     def _summary(self) -> str:
-        lines = [p.render(self.source) for p in self.problems]
+        lines = [p.render(self.source, self.unit) for p in self.problems]
         more = "\n  ... and more problems not listed" if self.truncated else ""
         n = len(self.problems)
         head = f"Invalid batch input {self.source}: {n} problem{'s' if n != 1 else ''}; nothing was uploaded"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from airflow_provider_qwenbatch.client.errors import InputValidationError, ValidationProblem
+from airflow_provider_qwenbatch.client.errors import InputValidationError, ValidationProblem, position
 from airflow_provider_qwenbatch.client.models import ENDPOINTS, TEST_ENDPOINT, TEST_MODEL
 
 MAX_FILE_BYTES = 500 * 1024 * 1024
@@ -66,8 +66,9 @@ class InputSummary:
 class _Checker:
     """Checks lines one at a time; keeps only the seen ids, never the lines."""
 
-    def __init__(self, source: str, endpoint: str, limits: InputLimits) -> None:
+    def __init__(self, source: str, endpoint: str, limits: InputLimits, unit: str = "line") -> None:
         self.source = source
+        self.unit = unit
         self.endpoint = endpoint
         self.limits = limits
         self.problems: list[ValidationProblem] = []
@@ -124,7 +125,7 @@ class _Checker:
             self.add(
                 n,
                 "duplicate_custom_id",
-                f"custom_id {cid!r} already used on line {self.seen[cid]}",
+                f"custom_id {cid!r} already used on {position(self.seen[cid], self.unit)}",
                 "custom_id",
             )
         else:
@@ -153,7 +154,7 @@ class _Checker:
             self.add(
                 n,
                 "mismatched_model",
-                f"model {model!r} differs from {self.model!r} on line {self.model_line}; one model per file",
+                f"model {model!r} differs from {self.model!r} on {position(self.model_line, self.unit)}; one model per file",
                 "body.model",
             )
         is_test_model = model == TEST_MODEL
@@ -185,7 +186,7 @@ class _Checker:
         if self.bytes > limits.max_bytes:
             self.add(None, "file_too_large", f"at most {limits.max_bytes} bytes per file, got {self.bytes}")
         if self.problems:
-            raise InputValidationError(self.source, self.problems, truncated=self.truncated)
+            raise InputValidationError(self.source, self.problems, truncated=self.truncated, unit=self.unit)
 
 
 def validate_jsonl_file(
@@ -277,7 +278,7 @@ def write_jsonl(
     """Write request dicts as a JSONL input file, checking each one as it is written.
 
     On any problem the partial file is removed and :class:`InputValidationError` names the
-    request's position (1-based, the line it would have had).
+    request's position (``request 5 (index 4)``: 1-based, then the 0-based list index).
 
     :param requests: dicts ``{custom_id, method, url, body}``; ``method`` and ``url`` may be left
         out and default to ``POST`` and ``endpoint``.
@@ -287,7 +288,7 @@ def write_jsonl(
     :param source: how to name the input in errors (default: the path).
     """
     dest = Path(path)
-    checker = _Checker(source or os.fspath(dest), endpoint, limits)
+    checker = _Checker(source or os.fspath(dest), endpoint, limits, unit="request")
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with dest.open("wb") as out:

@@ -12,13 +12,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
+# ENDPOINTS and the test model are re-exported: the endpoint rule lives in a light module of its own.
+from airflow_provider_qwenbatch.client.endpoints import ENDPOINTS as ENDPOINTS
+from airflow_provider_qwenbatch.client.endpoints import TEST_ENDPOINT as TEST_ENDPOINT
+from airflow_provider_qwenbatch.client.endpoints import TEST_MODEL as TEST_MODEL
 from airflow_provider_qwenbatch.client.status import BatchStatus
 from airflow_provider_qwenbatch.client.window import parse_completion_window
 
 Endpoint = Literal["/v1/chat/completions", "/v1/embeddings", "/v1/chat/ds-test"]
-ENDPOINTS: tuple[str, ...] = ("/v1/chat/completions", "/v1/embeddings", "/v1/chat/ds-test")
-TEST_MODEL = "batch-test-model"
-TEST_ENDPOINT = "/v1/chat/ds-test"
 
 
 class _ApiModel(BaseModel):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from airflow_provider_qwenbatch.client.endpoints import check_endpoint
 from airflow_provider_qwenbatch.client.identity import BatchTag
 from airflow_provider_qwenbatch.client.window import parse_completion_window
 from airflow_provider_qwenbatch.exceptions import (
@@ -130,6 +131,18 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
         self._killed = False
         if "{{" not in completion_window:
             self._check_window()
+        if "{{" not in endpoint:
+            # Refused when the DAG is parsed, like completion_window: a typo must not reach a run.
+            try:
+                check_endpoint(endpoint)
+            except ValueError as exc:
+                raise BatchInputError(f"{self.task_id}: {exc}") from None
+        if delete_input_file and not wait_for_completion:
+            raise ValueError(
+                f"{self.task_id}: delete_input_file=True needs wait_for_completion=True: the input file can "
+                "only be deleted once the batch has ended, and with wait_for_completion=False nothing waits "
+                "for that (delete it later with the client's delete_file, or wait in this task)"
+            )
 
     # ---- checks before anything is uploaded -----------------------------------------------
 

@@ -234,38 +234,41 @@ FILE_CASES: list[tuple[str, Callable[[Path], dict[str, Any]], list[str]]] = [
         lambda tmp: {"input_path": f"file://{tmp}/gone.jsonl"},
         ["gone.jsonl", "[unreadable]"],
     ),
-    ("list-item-not-object", requests_list([row(0), "oops"]), [f"{LIST_SOURCE}:2", "[invalid_request]"]),
+    (
+        "list-item-not-object",
+        requests_list([row(0), "oops"]),
+        [f"{LIST_SOURCE}: request 2 (index 1)", "[invalid_request]"],
+    ),
     (
         "list-missing-custom-id",
         requests_list([row(0), row(1), {"body": body()}]),
-        [f"{LIST_SOURCE}:3", "[missing_custom_id]"],
+        [f"{LIST_SOURCE}: request 3 (index 2)", "[missing_custom_id]"],
     ),
     (
         "list-not-json-serialisable",
         requests_list([row(0, body=body(temperature={1, 2}))]),
-        [f"{LIST_SOURCE}:1", "[invalid_json]"],
+        [f"{LIST_SOURCE}: request 1 (index 0)", "[invalid_json]"],
     ),
     (
         "list-lone-surrogate",
         requests_list([row(0, custom_id="a\ud800b")]),
-        [f"{LIST_SOURCE}:1", "[invalid_encoding]"],
+        [f"{LIST_SOURCE}: request 1 (index 0)", "[invalid_encoding]"],
     ),
     ("list-empty", requests_list([]), [LIST_SOURCE, "[empty_file]"]),
-    ("list-duplicate-ids", requests_list([row(0), row(0)]), [f"{LIST_SOURCE}:2", "[duplicate_custom_id]"]),
+    (
+        "list-duplicate-ids",
+        requests_list([row(0), row(0)]),
+        [f"{LIST_SOURCE}: request 2 (index 1)", "[duplicate_custom_id]"],
+    ),
     (
         "list-mixed-models",
         requests_list([row(0), row(1, body=body(model="qwen-max"))]),
-        [f"{LIST_SOURCE}:2", "[mismatched_model]"],
+        [f"{LIST_SOURCE}: request 2 (index 1)", "[mismatched_model]"],
     ),
     (
         "requests-rendered-to-string",
         requests_list("[{'custom_id': 'a'}]"),
         ["rendered to a string", "render_template_as_native_obj"],
-    ),
-    (
-        "endpoint-unknown",
-        rows_file("a.jsonl", [row(0)], endpoint="/v1/completions"),
-        ["invalid batch parameters: endpoint", "/v1/chat/completions"],
     ),
     (
         "ds-description-too-long",
@@ -307,6 +310,10 @@ def test_bad_input_is_refused_before_any_request(
         assert fragment in message, f"{fragment!r} not in {message!r}"
     # Input problems are final (AirflowFailException): a retry would meet the same input.
     assert isinstance(err, BatchInputError), type(err)
+    # Reported once: no chained client exception whose traceback would repeat the same text.
+    assert err.__cause__ is None and (err.__context__ is None or err.__suppress_context__), repr(
+        err.__cause__
+    )
     assert emulator.requests() == []
 
 
@@ -379,3 +386,14 @@ def test_long_user_ds_name_is_shortened_not_refused(emulator: EmulatorHandle) ->
     assert len(ds_name) <= 100
     assert ds_name.startswith("n" * 50)
     assert BatchTag("hardening_bad_input", "run-1", "submit").matches(ds_name)
+
+
+def test_unknown_endpoint_is_refused_when_the_operator_is_built(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    # Like completion_window, the endpoint is checked when the DAG is parsed: no run ever starts.
+    with pytest.raises(BatchInputError, match=r"submit: endpoint '/v1/completions' is not one of /v1/chat"):
+        SubmitBatchOperator(
+            task_id="submit", **rows_file("a.jsonl", [row(0)], endpoint="/v1/completions")(tmp_path)
+        )
+    assert emulator.requests() == []

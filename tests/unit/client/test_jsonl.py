@@ -358,7 +358,24 @@ def test_write_jsonl_removes_its_partial_file_on_error(
     assert not path.exists()
     p = next(p for p in info.value.problems if p.rule == rule)
     assert p.line == 4
-    assert f"{path}:4: [{rule}]" in str(info.value)
+    # A list is located by request and 0-based index, the way the user looks it up.
+    assert f"{path}: request 4 (index 3): [{rule}]" in str(info.value)
+
+
+def test_a_file_names_lines_and_a_list_names_requests_with_their_index(tmp_path: Path) -> None:
+    path = tmp_path / "batch.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (req("a"), req("b"), req("a"))) + "\n")
+    with pytest.raises(InputValidationError) as from_file:
+        validate_jsonl_file(path, CHAT)
+    assert f"{path}:3: [duplicate_custom_id] field 'custom_id': custom_id 'a' already used on line 1" in str(
+        from_file.value
+    )
+    with pytest.raises(InputValidationError) as from_list:
+        write_jsonl([req("a"), req("b"), req("a")], tmp_path / "out.jsonl", CHAT, source="requests")
+    assert (
+        "requests: request 3 (index 2): [duplicate_custom_id] field 'custom_id': "
+        "custom_id 'a' already used on request 1 (index 0)"
+    ) in str(from_list.value)
 
 
 def test_write_jsonl_removes_its_partial_file_when_the_source_fails(tmp_path: Path) -> None:
@@ -396,7 +413,9 @@ def test_write_jsonl_empty_input(tmp_path: Path) -> None:
 
 
 def test_write_jsonl_names_the_source(tmp_path: Path) -> None:
-    with pytest.raises(InputValidationError, match=r"table orders:2: \[missing_custom_id\]"):
+    with pytest.raises(
+        InputValidationError, match=r"table orders: request 2 \(index 1\): \[missing_custom_id\]"
+    ):
         write_jsonl([req("1"), {"body": {"model": MODEL}}], tmp_path / "b.jsonl", CHAT, source="table orders")
 
 
