@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -89,3 +92,63 @@ def test_hook_test_connection_really_calls_the_api(
     assert "HTTP 401" in message
     assert "x-request-id=" in message
     assert "sk-wrong-key-0" not in message
+
+
+# ---- the listener acts only for runs that used the provider (real DagRuns from dag.test()) ----
+
+
+DAGS = Path(__file__).parent / "dags"
+
+
+@pytest.fixture
+def failing_dags(airflow_db: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The DAGs of ``tests/integration/dags/cleanup_listener_dags.py``, as ``dag.test()`` syncs them."""
+    from airflow import settings
+    from airflow.dag_processing.dagbag import DagBag
+
+    # dag.test() serializes the DAG from the dags-folder bundle, whose path is read from here.
+    monkeypatch.setattr(settings, "DAGS_FOLDER", str(DAGS))
+    bag = DagBag(dag_folder=str(DAGS))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags
+
+
+def _provider_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("airflow_provider_qwenbatch") and r.levelno >= level]
+
+
+def test_listener_makes_no_api_call_for_a_run_that_never_used_the_provider(
+    failing_dags: dict[str, Any], emulator: EmulatorHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="airflow_provider_qwenbatch")
+    dr = failing_dags["cleanup_no_provider"].test()
+    listener.wait_for_cleanups()
+    assert str(dr.state) == "failed"
+    # The listener did run for this failed run (in this process) ...
+    assert any(dr.run_id in r.getMessage() for r in _provider_records(caplog, logging.DEBUG)), caplog.text
+    # ... and spent nothing of the account's list quota on it.
+    assert emulator.requests(endpoint="list_batches") == []
+
+
+def test_listener_logs_no_error_for_a_run_that_never_used_the_provider_without_connection(
+    failing_dags: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_QWEN_BATCH_DEFAULT", raising=False)
+    caplog.set_level(logging.DEBUG, logger="airflow_provider_qwenbatch")
+    dr = failing_dags["cleanup_no_provider_no_conn"].test()
+    listener.wait_for_cleanups()
+    assert str(dr.state) == "failed"
+    assert any(dr.run_id in r.getMessage() for r in _provider_records(caplog, logging.DEBUG)), caplog.text
+    assert _provider_records(caplog, logging.WARNING) == [], caplog.text
+
+
+def test_listener_cancels_the_batch_of_a_real_failed_run(
+    failing_dags: dict[str, Any], emulator: EmulatorHandle
+) -> None:
+    emulator.set_config(lines_per_second=10.0)
+    dr = failing_dags["cleanup_with_provider"].test()
+    listener.wait_for_cleanups()
+    assert str(dr.state) == "failed"
+    (batch,) = [b["batch"] for b in emulator.batches(lines=False)]
+    assert [r["batch_id"] for r in emulator.requests(endpoint="cancel_batch")] == [batch["id"]]
+    assert status_of(emulator, batch["id"]) in ("cancelling", "cancelled")
