@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_qwenbatch import listener
+from airflow_provider_qwenbatch.cleanup import listener
 from airflow_provider_qwenbatch.callbacks import cancel_batches_on_failure, make_cancel_batches_on_failure
 from airflow_provider_qwenbatch.emulator.server import EmulatorHandle
 from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook

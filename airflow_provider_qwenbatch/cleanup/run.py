@@ -1,17 +1,18 @@
-"""Failure clean-up: cancel every in-flight batch a DAG run started.
+"""Cancel every in-flight batch a DAG run started: what the failure callback and the listener call.
 
-Used by :func:`airflow_provider_qwenbatch.callbacks.cancel_batches_on_failure` (a DAG or task
-``on_failure_callback``) and by the listener plugin (a run marked failed in the UI or API
-runs no DAG callback). Batches are found by their run tag (see ``client.identity``).
+Batches are found by their run tag (see ``client.identity``). Both paths may act on one run
+(the callback when a task fails, the listener when the run is marked failed): whichever comes
+second finds the batches already ``cancelling`` in its list and sends nothing more for them.
 """
 
 from __future__ import annotations
 
 import logging
 
-from airflow_provider_qwenbatch.client.cancel import CancelOutcome, cancel_quietly
+from airflow_provider_qwenbatch.client.cancel import CancelAction, CancelOutcome, cancel_quietly
 from airflow_provider_qwenbatch.client.logs import LoggerLike
 from airflow_provider_qwenbatch.client.lookup import find_run_batches
+from airflow_provider_qwenbatch.client.status import BatchStatus
 from airflow_provider_qwenbatch.client.sync import BatchClient
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,9 @@ def cancel_run_batches(
 ) -> list[CancelOutcome]:
     """Cancel quietly every in-flight batch tagged to ``(dag_id, run_id)``; never raises for one batch.
 
+    A batch the list already shows as ``cancelling`` is left alone: another clean-up path got
+    there first, and ``cancel_quietly`` would only read it again to find the same.
+
     :param client: a sync client.
     :param dag_id: the DAG id.
     :param run_id: the DAG run id.
@@ -34,6 +38,12 @@ def cancel_run_batches(
     logger.info("Run %s of %s: %d in-flight batch(es) to cancel", run_id, dag_id, len(batches))
     outcomes = []
     for n, batch in enumerate(batches, start=1):
-        outcomes.append(cancel_quietly(client, batch.id, budget=CLEANUP_CANCEL_BUDGET, logger=logger))
+        if batch.status is BatchStatus.CANCELLING:
+            logger.info("Cancel batch %s: already cancelling; no request sent", batch.id)
+            outcomes.append(
+                CancelOutcome(batch.id, CancelAction.ALREADY_TERMINAL, batch.status, None, "already cancelling")
+            )
+        else:
+            outcomes.append(cancel_quietly(client, batch.id, budget=CLEANUP_CANCEL_BUDGET, logger=logger))
         logger.info("Clean-up of run %s: %d/%d batches handled", run_id, n, len(batches))
     return outcomes
