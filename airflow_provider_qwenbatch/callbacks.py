@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
-from airflow_provider_qwenbatch.cleanup.callbacks import cancel_batches_on_failure, make_cancel_batches_on_failure
+from airflow_provider_qwenbatch.cleanup.callbacks import (
+    cancel_batches_on_failure,
+    make_cancel_batches_on_failure,
+)
 
 __all__ = ["cancel_batches_on_failure", "make_cancel_batches_on_failure"]

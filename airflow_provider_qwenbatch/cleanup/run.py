@@ -41,7 +41,9 @@ def cancel_run_batches(
         if batch.status is BatchStatus.CANCELLING:
             logger.info("Cancel batch %s: already cancelling; no request sent", batch.id)
             outcomes.append(
-                CancelOutcome(batch.id, CancelAction.ALREADY_TERMINAL, batch.status, None, "already cancelling")
+                CancelOutcome(
+                    batch.id, CancelAction.ALREADY_TERMINAL, batch.status, None, "already cancelling"
+                )
             )
         else:
             outcomes.append(cancel_quietly(client, batch.id, budget=CLEANUP_CANCEL_BUDGET, logger=logger))
