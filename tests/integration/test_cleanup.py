@@ -16,7 +16,7 @@ from airflow_provider_qwenbatch.emulator.server import EmulatorHandle
 from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
 from airflow_provider_qwenbatch.operators.batch import SubmitBatchOperator
 from tests.integration.conftest import conn_json
-from tests.integration.helpers import StubTI, chat_requests, context_for, status_of, wait_until
+from tests.integration.helpers import StubTI, chat_requests, context_for, status_of
 
 pytestmark = pytest.mark.integration
 
@@ -72,27 +72,6 @@ def test_callback_never_raises_and_says_so_when_the_api_is_down(
     make_cancel_batches_on_failure()(context)
     cancelled = {r["batch_id"] for r in emulator.requests(endpoint="cancel_batch")}
     assert cancelled == {two_runs["failed_a"], two_runs["failed_b"]}
-
-
-def test_listener_cancels_in_the_background(emulator: EmulatorHandle, two_runs: dict[str, str]) -> None:
-    listener.on_dag_run_failed(SimpleNamespace(dag_id="etl", run_id="run-failed"), "marked failed")
-    listener.wait_for_cleanups()
-    wait_until(
-        lambda: (
-            {r["batch_id"] for r in emulator.requests(endpoint="cancel_batch")}
-            == {two_runs["failed_a"], two_runs["failed_b"]}
-        ),
-        what="both batches of the failed run cancelled",
-    )
-
-
-def test_listener_can_be_switched_off(
-    emulator: EmulatorHandle, two_runs: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("AIRFLOW__QWENBATCH__CANCEL_ON_DAG_RUN_FAILED", "False")
-    listener.on_dag_run_failed(SimpleNamespace(dag_id="etl", run_id="run-failed"), "marked failed")
-    listener.wait_for_cleanups()
-    assert emulator.requests(endpoint="cancel_batch") == []
 
 
 def test_hook_test_connection_really_calls_the_api(
@@ -159,6 +138,20 @@ def test_listener_logs_no_error_for_a_run_that_never_used_the_provider_without_c
     assert str(dr.state) == "failed"
     assert any(dr.run_id in r.getMessage() for r in _provider_records(caplog, logging.DEBUG)), caplog.text
     assert _provider_records(caplog, logging.WARNING) == [], caplog.text
+
+
+def test_listener_can_be_switched_off(
+    failing_dags: dict[str, Any], emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator.set_config(lines_per_second=10.0)
+    monkeypatch.setenv("AIRFLOW__QWENBATCH__CANCEL_ON_DAG_RUN_FAILED", "False")
+    dr = failing_dags["cleanup_with_provider"].test()
+    listener.wait_for_cleanups()
+    assert str(dr.state) == "failed"
+    (batch,) = [b["batch"] for b in emulator.batches(lines=False)]
+    assert emulator.requests(endpoint="list_batches") == []
+    assert emulator.requests(endpoint="cancel_batch") == []
+    assert status_of(emulator, batch["id"]) in ("validating", "in_progress")
 
 
 def test_listener_cancels_the_batch_of_a_real_failed_run(
