@@ -198,3 +198,27 @@ def test_listener_acts_for_a_submit_task_that_started_even_without_a_batch_id(
     assert str(dr.state) == "failed"
     assert emulator.requests(endpoint="create_batch") == []
     assert len(emulator.requests(endpoint="list_batches")) == 1
+
+
+def test_listener_looks_on_the_server_when_the_metadata_db_cannot_be_read(
+    emulator: EmulatorHandle,
+    two_runs: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Not knowing whether the run used the provider must not leave its batches running.
+    from sqlalchemy.exc import OperationalError
+
+    from airflow_provider_qwenbatch.cleanup import usage
+
+    def unreadable(dag_id: str, run_id: str) -> str | None:
+        assert (dag_id, run_id) == ("etl", "run-failed")
+        raise OperationalError("SELECT ...", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(usage, "run_batch_evidence", unreadable)
+    caplog.set_level(logging.INFO, logger="airflow_provider_qwenbatch")
+    listener.on_dag_run_failed(SimpleNamespace(dag_id="etl", run_id="run-failed"), "marked failed")
+    listener.wait_for_cleanups()
+    cancelled = {r["batch_id"] for r in emulator.requests(endpoint="cancel_batch")}
+    assert cancelled == {two_runs["failed_a"], two_runs["failed_b"]}
+    assert any("metadata DB" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
