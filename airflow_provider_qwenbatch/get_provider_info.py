@@ -88,7 +88,7 @@ def get_provider_info() -> dict[str, Any]:
         "plugins": [
             {
                 "name": "qwenbatch_cleanup",
-                "plugin-class": "airflow_provider_qwenbatch.plugins.QwenBatchCleanupPlugin",
+                "plugin-class": "airflow_provider_qwenbatch.cleanup.plugins.QwenBatchCleanupPlugin",
             }
         ],
         "config": {

@@ -333,10 +333,12 @@ def test_s05a_listener_registered_with_default_settings(system: System, record: 
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
     ).stdout
-    record["note"] = "registered" if "airflow_provider_qwenbatch.listener" in out else "NOT registered"
+    record["note"] = (
+        "registered" if "airflow_provider_qwenbatch.cleanup.listener" in out else "NOT registered"
+    )
     # Airflow 3.3 loads a provider-info 'plugins' entry only with [core] lazy_discover_providers=False;
     # the package's airflow.plugins entry point loads it by default (reinstall the package after changing it).
-    assert "airflow_provider_qwenbatch.listener" in out, out[-2000:]
+    assert "airflow_provider_qwenbatch.cleanup.listener" in out, out[-2000:]
 
 
 def test_s05_sensor_reschedule_run_marked_failed_listener(system: System, record: dict[str, Any]) -> None:

@@ -84,7 +84,7 @@ def test_cleanup_listener_is_registered_with_default_settings() -> None:
         "from airflow import plugins_manager\n"
         "from airflow.listeners.listener import get_listener_manager\n"
         "names = [getattr(p, '__name__', '') for p in get_listener_manager().pm.get_plugins()]\n"
-        "print(names.count('airflow_provider_qwenbatch.listener'), len(plugins_manager._get_plugins()[1]))\n"
+        "print(names.count('airflow_provider_qwenbatch.cleanup.listener'), len(plugins_manager._get_plugins()[1]))\n"
     )
     for lazy in ("True", "False"):
         env = dict(os.environ, AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS=lazy)

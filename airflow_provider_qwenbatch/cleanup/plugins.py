@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from airflow_provider_qwenbatch import listener
+from airflow_provider_qwenbatch.cleanup import listener
 
 
 class QwenBatchCleanupPlugin(AirflowPlugin):
-    """Registers :mod:`airflow_provider_qwenbatch.listener` (``on_dag_run_failed`` clean-up)."""
+    """Registers :mod:`airflow_provider_qwenbatch.cleanup.listener` (``on_dag_run_failed`` clean-up)."""
 
     name = "qwenbatch_cleanup"
     listeners = [listener]

@@ -3,7 +3,13 @@
 A run marked failed in the UI or API runs no DAG ``on_failure_callback``, and may have no
 live task to receive ``on_kill`` (a sensor between reschedule pokes, a submit task that did
 not wait). ``on_dag_run_failed`` does fire, in the api-server or scheduler: the clean-up is
-handed to a daemon thread there so neither is ever blocked by the batch API.
+handed to a daemon thread there so neither is ever blocked by the metadata DB or the batch API.
+
+It fires for every failed run of every DAG, so the thread first asks the metadata DB whether
+the run used the provider (:mod:`.usage`: no API call, no Connection needed); a run that did
+not is left alone with a debug line. When the failure callback already cancelled the run's
+batches, the listener's pass is one list request that finds them ``cancelling`` (see
+:mod:`.run`).
 
 Switched by ``[qwenbatch] cancel_on_dag_run_failed`` (default ``True``).
 """
@@ -28,9 +34,26 @@ def _enabled() -> tuple[bool, str]:
     return enabled, conn_id
 
 
-def _clean_up(dag_id: str, run_id: str, conn_id: str) -> None:
+def _evidence(dag_id: str, run_id: str) -> str | None:
     try:
-        from airflow_provider_qwenbatch.cleanup import cancel_run_batches
+        from airflow_provider_qwenbatch.cleanup.usage import run_batch_evidence
+
+        return run_batch_evidence(dag_id, run_id)
+    except Exception:
+        # Not knowing whether the run used the provider: look on the server rather than risk
+        # leaving a batch running.
+        log.warning("Could not read run %s of %s from the metadata DB", run_id, dag_id, exc_info=True)
+        return "the metadata DB could not be read"
+
+
+def _clean_up(dag_id: str, run_id: str, conn_id: str) -> None:
+    evidence = _evidence(dag_id, run_id)
+    if evidence is None:
+        log.debug("Failed run %s of %s created no Qwen batch: nothing to clean up", run_id, dag_id)
+        return
+    log.info("Failed run %s of %s may have batches (%s): cancelling them", run_id, dag_id, evidence)
+    try:
+        from airflow_provider_qwenbatch.cleanup.run import cancel_run_batches
         from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
 
         with QwenBatchHook(conn_id).get_conn() as client:
