@@ -189,7 +189,7 @@ def config_to_args(config: EmulatorConfig) -> list[str]:
         if name == "faults":
             for endpoint, spec in value.items():
                 args += ["--fault", f"{endpoint}:{spec_to_text(spec)}"]
-        elif name == "known_model_prefixes":
+        elif name == "models":
             args += [flag, ",".join(value)]
         elif isinstance(value, bool):
             args.append(flag if value else "--no-" + name.replace("_", "-"))

@@ -127,7 +127,7 @@ class EmulatorState:
             max_line_bytes=c.max_line_bytes,
             test_max_bytes=c.test_model_max_bytes,
             test_max_lines=c.test_model_max_lines,
-            model_prefixes=tuple(c.known_model_prefixes),
+            models=None if c.accept_any_model else frozenset(c.models),
         )
 
     def update_config(self, changes: dict[str, Any]) -> EmulatorConfig:
