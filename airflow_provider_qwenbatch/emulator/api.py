@@ -29,6 +29,7 @@ from airflow_provider_qwenbatch.client.window import parse_completion_window
 from airflow_provider_qwenbatch.emulator.admin import admin_router
 from airflow_provider_qwenbatch.emulator.errors import ApiError, parse_list_time
 from airflow_provider_qwenbatch.emulator.files import copy_upload
+from airflow_provider_qwenbatch.emulator.realtime import realtime_router
 from airflow_provider_qwenbatch.emulator.records import BatchRecord, new_hex
 from airflow_provider_qwenbatch.emulator.state import EmulatorState
 
@@ -288,5 +289,6 @@ def build_api(state: EmulatorState) -> FastAPI:
         return JSONResponse(state.book.cancel_batch(batch_id))
 
     app.include_router(api)
+    app.include_router(realtime_router(state), prefix=API_PREFIX)
     app.include_router(admin_router(state))  # /_emulator/, no auth
     return app

@@ -42,6 +42,8 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         ("GET", r"^/batches$", "list_batches"),
         ("GET", r"^/batches/(?P<batch_id>[^/]+)$", "get_batch"),
         ("POST", r"^/batches/(?P<batch_id>[^/]+)/cancel$", "cancel_batch"),
+        ("POST", r"^/chat/completions$", "chat_completions"),
+        ("POST", r"^/embeddings$", "embeddings"),
     )
 )
 _BAD_GATEWAY = (

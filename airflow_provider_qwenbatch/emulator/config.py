@@ -31,6 +31,8 @@ ENDPOINT_NAMES: tuple[str, ...] = (
     "list_files",
     "delete_file",
     "get_file_content",
+    "chat_completions",
+    "embeddings",
 )
 """Names under which faults are configured; ``*`` matches every endpoint."""
 
