@@ -1,4 +1,4 @@
-"""The admin API under ``/_emulator/`` (no auth): health, request log, batch states, faults, config, reset.
+"""The admin API under ``/_emulator/`` (no auth): health, requests, batches, callbacks, faults, config, reset.
 
 Not part of the real service: it is how tests and users look inside the emulator and
 steer it while it runs.
@@ -62,6 +62,10 @@ def admin_router(state: EmulatorState) -> APIRouter:
     @admin.get("/batches/{batch_id}")
     async def admin_batch(batch_id: str) -> dict[str, Any]:
         return state.book.get_batch(batch_id).admin()
+
+    @admin.get("/callbacks")
+    async def callbacks() -> dict[str, Any]:
+        return {"callbacks": [dict(d) for d in state.callbacks.deliveries]}
 
     @admin.get("/faults")
     async def get_faults() -> dict[str, Any]:

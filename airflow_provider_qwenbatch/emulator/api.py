@@ -135,13 +135,14 @@ def build_api(state: EmulatorState) -> FastAPI:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+            await state.callbacks.aclose()
             state.close()
 
     app = FastAPI(title="Qwen Cloud batch emulator", lifespan=lifespan, docs_url=None, redoc_url=None)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -235,7 +236,13 @@ def build_api(state: EmulatorState) -> FastAPI:
         except ValueError:
             raise ApiError(400, "The request body is not valid JSON.", code="invalid_request") from None
         input_file_id, endpoint, window, metadata = _check_create_body(body)
-        rec = state.book.create_batch(input_file_id, endpoint, window, metadata)
+        rec = state.book.create_batch(
+            input_file_id,
+            endpoint,
+            window,
+            metadata,
+            test_model_max_concurrent=state.config.test_model_max_concurrent,
+        )
         _note(request, batch_id=rec.id, file_id=input_file_id)
         return JSONResponse(rec.public())
 

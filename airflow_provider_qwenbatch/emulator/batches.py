@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from airflow_provider_qwenbatch.client.models import TEST_ENDPOINT, TEST_MODEL
 from airflow_provider_qwenbatch.client.status import BatchStatus
 from airflow_provider_qwenbatch.client.window import parse_completion_window
 from airflow_provider_qwenbatch.emulator.errors import ApiError
@@ -46,7 +47,13 @@ class BatchBook:
         self.active.clear()
 
     def create_batch(
-        self, input_file_id: str, endpoint: str, completion_window: str, metadata: dict[str, Any] | None
+        self,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str,
+        metadata: dict[str, Any] | None,
+        *,
+        test_model_max_concurrent: int | None = None,
     ) -> BatchRecord:
         """Create a batch in ``validating`` (arguments already checked by the API layer).
 
@@ -54,6 +61,8 @@ class BatchBook:
         :param endpoint: the endpoint.
         :param completion_window: e.g. ``24h``.
         :param metadata: ``ds_name`` etc.
+        :param test_model_max_concurrent: unfinished ``batch-test-model`` batches allowed
+            (``None``: no limit); one more is refused with 429 and not created.
         """
         stored = self._files.files.get(input_file_id)
         if stored is None:
@@ -63,6 +72,8 @@ class BatchBook:
                 code="invalid_file",
                 param="input_file_id",
             )
+        if endpoint == TEST_ENDPOINT and test_model_max_concurrent is not None:
+            self._check_test_model_limit(test_model_max_concurrent)
         now = time.time()
         rec = BatchRecord(
             id=f"batch_{uuid.uuid4()}",
@@ -82,6 +93,19 @@ class BatchBook:
         self.active[rec.id] = None
         self._on_change(now=True)
         return rec
+
+    def _check_test_model_limit(self, limit: int) -> None:
+        # The endpoint tells the test model at create time: /v1/chat/ds-test takes nothing else.
+        unfinished = sum(1 for b in self.active if self.batches[b].endpoint == TEST_ENDPOINT)
+        if unfinished >= limit:
+            raise ApiError(
+                429,
+                f"At most {limit} batches with the test model '{TEST_MODEL}' may be unfinished at "
+                f"once; {unfinished} are. Wait for one to end, then create the batch again.",
+                code="Throttling.ConcurrencyQuota",
+                type_="rate_limit_error",
+                headers={"retry-after": "1"},
+            )
 
     def get_batch(self, batch_id: str) -> BatchRecord:
         """A batch, or 404.

@@ -16,6 +16,7 @@ class ApiError(Exception):
     :param code: the error code.
     :param param: the parameter concerned.
     :param type_: the error type.
+    :param headers: extra response headers (e.g. ``retry-after``).
     """
 
     def __init__(
@@ -26,6 +27,7 @@ class ApiError(Exception):
         code: str,
         param: str | None = None,
         type_: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -33,6 +35,7 @@ class ApiError(Exception):
         self.code = code
         self.param = param
         self.type = type_
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         """The JSON body of the answer."""

@@ -43,6 +43,7 @@ class Lifecycle:
     :param persistence: where progress is noted.
     :param config: returns the current config (it can change at runtime).
     :param limits: returns the current input limits.
+    :param on_end: called with each batch that reaches a terminal status (once per batch).
     """
 
     def __init__(
@@ -52,12 +53,14 @@ class Lifecycle:
         persistence: Persistence,
         config: Callable[[], EmulatorConfig],
         limits: Callable[[], Limits],
+        on_end: Callable[[BatchRecord], None] | None = None,
     ) -> None:
         self.book = book
         self.files = files
         self.persistence = persistence
         self._config = config
         self._limits = limits
+        self._on_end = on_end
 
     def resume(self, rec: BatchRecord, now: float) -> None:
         """Take up a batch loaded from ``state.json`` that was in flight when the emulator stopped.
@@ -175,6 +178,7 @@ class Lifecycle:
             rec.failed_at = int(now)
             self.book.active.pop(rec.id, None)
             self.files.unlink_unused(self.book.paths_in_use())
+            self._ended(rec)
         else:
             rec.validated = True
             rec.offsets, rec.custom_ids = result.offsets, result.custom_ids
@@ -283,3 +287,11 @@ class Lifecycle:
         rec.offsets, rec.custom_ids = [], []
         self.files.unlink_unused(self.book.paths_in_use())
         self.persistence.mark_dirty()
+        self._ended(rec)
+
+    def _ended(self, rec: BatchRecord) -> None:
+        if self._on_end is not None:
+            try:
+                self._on_end(rec)
+            except Exception:  # a hook must not break the lifecycle of the other batches
+                log.exception("the end-of-batch hook failed for %s", rec.id)

@@ -107,6 +107,11 @@ class EmulatorHandle:
         result: dict[str, Any] = self._admin("GET", f"/batches/{batch_id}")
         return result
 
+    def callbacks(self) -> list[dict[str, Any]]:
+        """How each ``ds_batch_finish_callback`` went (``GET /_emulator/callbacks``), oldest first."""
+        result: list[dict[str, Any]] = self._admin("GET", "/callbacks")["callbacks"]
+        return result
+
     def set_faults(self, faults: dict[str, FaultSpec | dict[str, Any]]) -> dict[str, Any]:
         """Replace the fault table (``PUT /_emulator/faults``).
 

@@ -8,6 +8,7 @@ Where each behaviour lives:
 - :mod:`.lifecycle`: the ticker that moves batches through their statuses and writes results;
 - :mod:`.persistence`: ``state.json`` in the state directory;
 - :mod:`.requestlog`: the request log of the admin API;
+- :mod:`.callbacks`: ``ds_batch_finish_callback`` POSTs when a batch ends;
 - this module: the config, runtime changes to it, and the fault draw per request.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 
 from airflow_provider_qwenbatch.client.status import BatchStatus
 from airflow_provider_qwenbatch.emulator.batches import BatchBook
+from airflow_provider_qwenbatch.emulator.callbacks import CallbackSender
 from airflow_provider_qwenbatch.emulator.config import FAULT_KINDS, EmulatorConfig, FaultSpec
 from airflow_provider_qwenbatch.emulator.errors import ApiError, parse_list_time
 from airflow_provider_qwenbatch.emulator.files import FileStore, copy_upload
@@ -59,8 +61,14 @@ class EmulatorState:
         self.persistence = Persistence(self.root, self._tmp is None, self._snapshot)
         self.file_store = FileStore(self.root / "files", self.persistence.mark_dirty)
         self.book = BatchBook(self.file_store, self.persistence.mark_dirty)
+        self.callbacks = CallbackSender(lambda: self.config.callback_timeout)
         self.lifecycle = Lifecycle(
-            self.book, self.file_store, self.persistence, lambda: self.config, self.limits
+            self.book,
+            self.file_store,
+            self.persistence,
+            lambda: self.config,
+            self.limits,
+            on_end=self.callbacks.notify,
         )
         self.request_log = RequestLog(self.config.request_log_size)
         self.fault_rng = random.Random(self.config.seed)
@@ -106,6 +114,7 @@ class EmulatorState:
         self.book.clear()
         self.file_store.clear()
         self.request_log.clear()
+        self.callbacks.clear()
         self.fault_rng = random.Random(self.config.seed)
         self.persistence.mark_dirty(now=True)
 
