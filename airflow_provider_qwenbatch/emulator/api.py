@@ -8,6 +8,9 @@ Choices where the real service is unconfirmed:
 - An unknown ``after`` cursor answers ``400`` (``invalid_value``, param ``after``).
 - Creating a batch on an unknown input file answers ``400`` (``invalid_file``).
 - Unknown batch or file ids answer ``404`` (``batch_not_found`` / ``file_not_found``).
+- A third unfinished ``batch-test-model`` batch (endpoint ``/v1/chat/ds-test``; the limit is 2)
+  is refused at create with ``429`` ``Throttling.ConcurrencyQuota`` and ``Retry-After``;
+  nothing is created, so a retry is safe.
 """
 
 from __future__ import annotations
