@@ -6,7 +6,7 @@ parses structured output (pydantic models, ``output_type``) runs offline.
 
 Values per JSON Schema keyword: ``const`` and ``enum`` (its first value) win; ``object`` has
 every property (required or not); ``array`` has ``max(minItems, 1)`` items (bounded by
-``maxItems``); ``string`` honours ``format`` (date, date-time, time, email, uri, uuid) and
+``maxItems``; only ``minItems`` deep inside, so recursive models end); ``string`` honours ``format`` (date, date-time, time, email, uri, uuid) and
 ``minLength``/``maxLength``; numbers sit inside their bounds; ``boolean`` is ``true``;
 ``anyOf``/``oneOf`` take the first option that is not ``null``; ``allOf`` is merged;
 ``$ref`` follows ``#/$defs/...`` and ``#/definitions/...`` (what pydantic generates).
@@ -19,6 +19,7 @@ import hashlib
 from typing import Any
 
 _MAX_DEPTH = 12
+_ITEMS_DEPTH = 6
 _FORMATS = {
     "date": "2026-01-01",
     "date-time": "2026-01-01T00:00:00Z",
@@ -111,8 +112,10 @@ class _Builder:
                 out.setdefault(key, f"emulated {key} {self.tag}")
             return out
         if kind == "array":
-            low = int(schema.get("minItems", 1) or 1)
-            count = min(max(low, 1), int(schema.get("maxItems", max(low, 1))))
+            low = int(schema.get("minItems", 0) or 0)
+            # One item shows the shape; deep down (recursive models) only what is required.
+            wanted = max(low, 1 if depth < _ITEMS_DEPTH else 0)
+            count = min(wanted, int(schema.get("maxItems", wanted)))
             items = schema.get("items", {})
             if isinstance(schema.get("prefixItems"), list):
                 return [self.value(s, f"{name}[{i}]", depth + 1) for i, s in enumerate(schema["prefixItems"])]
