@@ -1,9 +1,12 @@
 """A local emulator of Qwen Cloud's (DashScope's) OpenAI-compatible batch API.
 
 It speaks the same HTTP API under ``/compatible-mode/v1`` (files, batches, cancel, result
-downloads), runs batches through the real lifecycle with deterministic answers, and can
-inject faults; an admin API under ``/_emulator/`` shows every request and batch. It imports
-no Airflow. See :mod:`.app` for the choices made where the real service is unconfirmed.
+downloads, and real-time chat completions and embeddings), runs batches through the real
+lifecycle with deterministic answers (structured when ``response_format`` asks), refuses
+model names the live service does not know, POSTs ``ds_batch_finish_callback`` URLs, and
+can inject faults; an admin API under ``/_emulator/`` shows every request, batch and
+callback. It imports no Airflow. See :mod:`.api` for the choices made where the real
+service is unconfirmed, and :mod:`.state` for where each behaviour lives.
 
 Run ``python -m airflow_provider_qwenbatch.emulator --port 8000``, or in tests::
 

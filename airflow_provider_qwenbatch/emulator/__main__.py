@@ -21,7 +21,13 @@ from typing import Any
 import uvicorn
 
 from airflow_provider_qwenbatch.emulator.app import API_PREFIX, create_app
-from airflow_provider_qwenbatch.emulator.config import EmulatorConfig, FaultSpec
+from airflow_provider_qwenbatch.emulator.config import (
+    ENDPOINT_NAMES,
+    FAULT_KINDS,
+    EmulatorConfig,
+    FaultSpec,
+    field_docs,
+)
 from airflow_provider_qwenbatch.emulator.server import READY_MARKER, _free_socket
 
 
@@ -38,25 +44,57 @@ def parse_fault(text: str) -> tuple[str, FaultSpec]:
     return endpoint.strip() or "*", FaultSpec.model_validate(values)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, one flag per config field."""
-    parser = argparse.ArgumentParser(
-        prog="qwenbatch-emulator", description="Local emulator of the Qwen Cloud (DashScope) batch API."
+_LIST_FIELDS = frozenset({"models"})
+
+
+def fault_keys_help() -> str:
+    """The fault keys of ``--fault`` with their descriptions (from :class:`FaultSpec`)."""
+    docs = field_docs(FaultSpec)
+    lines = [
+        "fault keys of --fault ENDPOINT:key=value,... (ENDPOINT is one of "
+        + ", ".join(ENDPOINT_NAMES)
+        + ", or * for all):"
+    ]
+    for key, info in FaultSpec.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        lines.append(f"  {key:<18} {docs[key]} (default: {default})")
+    lines.append("  fail_next takes kinds joined by +: " + ", ".join(FAULT_KINDS) + " (fail_next=429+drop).")
+    lines.append(
+        "examples: --fault 'create_batch:p_429=0.2,retry_after=2' --fault '*:latency_ms=50,latency_jitter_ms=20'"
     )
+    lines.append("runtime changes: PUT /_emulator/config and PUT /_emulator/faults (see the README).")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: one flag per config field, its help from the field's description."""
+    parser = argparse.ArgumentParser(
+        prog="qwenbatch-emulator",
+        description="Local emulator of the Qwen Cloud (DashScope) batch API, with real-time chat "
+        "completions and embeddings, under /compatible-mode/v1 on 127.0.0.1.",
+        epilog=fault_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    docs = field_docs(EmulatorConfig)
     for name, info in EmulatorConfig.model_fields.items():
         if name == "faults":
             continue
         flag = "--" + name.replace("_", "-")
         default = info.get_default(call_default_factory=True)
-        help_text = f"default: {default}"
+        if name in _LIST_FIELDS:
+            shown = f"{len(default)} names: {','.join(default)}"
+        elif name == "state_dir":
+            shown = "a temporary directory"
+        else:
+            shown = str(default)
+        # argparse expands % in help texts.
+        help_text = f"{docs[name]} (default: {shown})".replace("%", "%%")
         if isinstance(default, bool):
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
-        elif name == "known_model_prefixes":
-            parser.add_argument(flag, dest=name, default=None, help="comma list; " + help_text)
-        elif name == "state_dir":
-            parser.add_argument(flag, dest=name, default=None, help="default: a temporary directory")
+        elif name in _LIST_FIELDS or name == "state_dir":
+            parser.add_argument(flag, dest=name, default=None, help=help_text)
         else:
             kind = type(default) if default is not None else str
             parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
@@ -65,10 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ENDPOINT:key=value,...",
-        help="fault injection for one endpoint (create_batch, get_batch, list_batches, cancel_batch, "
-        "upload_file, get_file, list_files, delete_file, get_file_content, or *); repeatable",
+        help="fault injection for one endpoint, repeatable; keys below",
     )
     return parser
+
+
+def _model_list(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if text.startswith("+"):
+        names[0] = names[0][1:]
+        return sorted(set(EmulatorConfig().models) | {n for n in names if n})
+    return names
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> EmulatorConfig:
@@ -78,8 +123,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> EmulatorConfig:
     """
     ns = build_parser().parse_args(argv)
     values: dict[str, Any] = {k: v for k, v in vars(ns).items() if v is not None and k != "fault"}
-    if "known_model_prefixes" in values:
-        values["known_model_prefixes"] = [p for p in values["known_model_prefixes"].split(",") if p]
+    if "models" in values:
+        values["models"] = _model_list(values["models"])
     values["faults"] = dict(parse_fault(f) for f in ns.fault)
     return EmulatorConfig.model_validate(values)
 

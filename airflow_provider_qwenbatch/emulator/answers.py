@@ -14,6 +14,7 @@ import uuid
 from typing import Any, Literal
 
 from airflow_provider_qwenbatch.client.models import TEST_ENDPOINT
+from airflow_provider_qwenbatch.emulator.structured import json_object_answer, request_tag, value_for_schema
 
 TEST_ANSWER = "This is a test result."
 Outcome = Literal["ok", "soft_error", "error"]
@@ -74,15 +75,104 @@ def _prompt_text(body: dict[str, Any]) -> str:
     return json.dumps(body, ensure_ascii=False, sort_keys=True)
 
 
-def _chat_body(request_id: str, body: dict[str, Any], endpoint: str, seed: int, now: int) -> dict[str, Any]:
+_TRANSPORT_KEYS = frozenset({"stream", "stream_options"})
+
+
+def _text_content(body: dict[str, Any], endpoint: str, seed: int) -> str:
+    if endpoint == TEST_ENDPOINT:
+        return TEST_ANSWER
+    # How the answer travels (streamed or not) does not change it.
+    asked = {k: v for k, v in body.items() if k not in _TRANSPORT_KEYS}
+    d = _digest(str(seed), "chat", json.dumps(asked, ensure_ascii=False, sort_keys=True))
+    words = " ".join(_WORDS[b % len(_WORDS)] for b in d[:8])
+    return f"Emulated answer {d.hex()[:12]}: {words}."
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _structured_content(body: dict[str, Any], seed: int) -> str | None:
+    """The JSON text asked for by ``response_format``, or ``None`` for plain text."""
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict):
+        return None
+    tag = request_tag(seed, _dumps(body.get("messages")))
+    if fmt.get("type") == "json_object":
+        return _dumps(json_object_answer(tag))
+    if fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema", {}) if isinstance(spec, dict) else {}
+        return _dumps(value_for_schema(schema, tag))
+    return None
+
+
+def _chosen_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The function tool the emulated model calls, or ``None`` to answer in text.
+
+    A tool named by ``tool_choice`` is called; otherwise, unless ``tool_choice`` is ``none``,
+    a ``final_result*`` tool (pydantic-ai's structured output) is called, else the first tool
+    is called until the conversation holds a tool result, then the answer is text.
+    """
+    tools: list[dict[str, Any]] = [
+        t["function"]
+        for t in body.get("tools") or []
+        if isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name")
+    ]
+    choice = body.get("tool_choice")
+    if not tools or choice == "none":
+        return None
+    if isinstance(choice, dict):
+        wanted = (choice.get("function") or {}).get("name")
+        return next((t for t in tools if t["name"] == wanted), None)
+    final = next((t for t in tools if str(t["name"]).startswith("final_result")), None)
+    if final is not None:
+        return final
+    messages = body.get("messages") or []
+    last_role = messages[-1].get("role") if messages and isinstance(messages[-1], dict) else None
+    return None if last_role == "tool" else tools[0]
+
+
+def chat_message(body: dict[str, Any], endpoint: str, seed: int) -> tuple[dict[str, Any], str]:
+    """The assistant message answering a chat request, and its ``finish_reason``.
+
+    Text by default; JSON when ``response_format`` asks for it (see :mod:`.structured`); a
+    tool call when the request offers function tools (see :func:`_chosen_tool`).
+
+    :param body: the request body.
+    :param endpoint: the batch endpoint (``/v1/chat/ds-test`` answers a fixed text).
+    :param seed: the emulator's seed.
+    """
+    if endpoint != TEST_ENDPOINT:
+        tool = _chosen_tool(body)
+        if tool is not None:
+            tag = request_tag(seed, _dumps(body.get("messages")))
+            arguments = value_for_schema(tool.get("parameters") or {"type": "object"}, tag)
+            call = {
+                "id": f"call_{tag}{_digest(str(tool['name'])).hex()[:16]}",
+                "type": "function",
+                "function": {"name": tool["name"], "arguments": _dumps(arguments)},
+            }
+            return {"role": "assistant", "content": "", "tool_calls": [call]}, "tool_calls"
+        structured = _structured_content(body, seed)
+        if structured is not None:
+            return {"role": "assistant", "content": structured}, "stop"
+    return {"role": "assistant", "content": _text_content(body, endpoint, seed)}, "stop"
+
+
+def chat_body(request_id: str, body: dict[str, Any], endpoint: str, seed: int, now: int) -> dict[str, Any]:
+    """A ``chat.completion`` object answering ``body`` (the same in batch and real time).
+
+    :param request_id: goes into ``id``.
+    :param body: the request body.
+    :param endpoint: the endpoint.
+    :param seed: the emulator's seed.
+    :param now: Unix seconds for ``created``.
+    """
     model = str(body.get("model"))
     prompt = _prompt_text(body)
-    if endpoint == TEST_ENDPOINT:
-        content = TEST_ANSWER
-    else:
-        d = _digest(str(seed), "chat", json.dumps(body, ensure_ascii=False, sort_keys=True))
-        words = " ".join(_WORDS[b % len(_WORDS)] for b in d[:8])
-        content = f"Emulated answer {d.hex()[:12]}: {words}."
+    message, finish_reason = chat_message(body, endpoint, seed)
+    content = message["content"] or _dumps(message.get("tool_calls"))
     prompt_tokens, completion_tokens = _tokens(prompt), _tokens(content)
     return {
         "created": now,
@@ -93,13 +183,7 @@ def _chat_body(request_id: str, body: dict[str, Any], endpoint: str, seed: int, 
         },
         "model": model,
         "id": f"chatcmpl-{request_id}",
-        "choices": [
-            {
-                "finish_reason": "stop",
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-            }
-        ],
+        "choices": [{"finish_reason": finish_reason, "index": 0, "message": message}],
         "object": "chat.completion",
     }
 
@@ -115,7 +199,14 @@ def _vector(seed: int, text: str, dims: int) -> list[float]:
     return out[:dims]
 
 
-def _embedding_body(request_id: str, body: dict[str, Any], seed: int, dims: int) -> dict[str, Any]:
+def embedding_body(request_id: str, body: dict[str, Any], seed: int, dims: int) -> dict[str, Any]:
+    """A ``list`` of embeddings answering ``body`` (the same in batch and real time).
+
+    :param request_id: goes into ``id``.
+    :param body: the request body.
+    :param seed: the emulator's seed.
+    :param dims: vector size unless the request says ``dimensions``.
+    """
     raw = body.get("input")
     inputs = raw if isinstance(raw, list) else [raw]
     texts = [x if isinstance(x, str) else json.dumps(x) for x in inputs]
@@ -198,9 +289,9 @@ def answer_line(
             },
         }
     if endpoint == "/v1/embeddings":
-        answer = _embedding_body(request_id, body, seed, embedding_dimensions)
+        answer = embedding_body(request_id, body, seed, embedding_dimensions)
     else:
-        answer = _chat_body(request_id, body, endpoint, seed, now)
+        answer = chat_body(request_id, body, endpoint, seed, now)
     return {
         "id": request_id,
         "custom_id": custom_id,

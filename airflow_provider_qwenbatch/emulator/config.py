@@ -7,6 +7,7 @@ runs through ``PUT /_emulator/config`` and ``PUT /_emulator/faults``.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +19,7 @@ from airflow_provider_qwenbatch.client.jsonl import (
     TEST_MAX_FILE_BYTES,
     TEST_MAX_LINES,
 )
+from airflow_provider_qwenbatch.emulator.models import DEFAULT_MODELS
 
 ENDPOINT_NAMES: tuple[str, ...] = (
     "create_batch",
@@ -29,25 +31,13 @@ ENDPOINT_NAMES: tuple[str, ...] = (
     "list_files",
     "delete_file",
     "get_file_content",
+    "chat_completions",
+    "embeddings",
 )
 """Names under which faults are configured; ``*`` matches every endpoint."""
 
 FaultKind = Literal["429", "500", "502", "503", "drop", "drop_after"]
 FAULT_KINDS: tuple[str, ...] = ("429", "500", "502", "503", "drop", "drop_after")
-
-# Model families the emulator knows; a model outside them fails validation with
-# ``model_not_found`` like an unknown model does on the real service.
-DEFAULT_MODEL_PREFIXES: tuple[str, ...] = (
-    "qwen",
-    "qwq",
-    "qvq",
-    "text-embedding",
-    "batch-test-model",
-    "deepseek",
-    "kimi",
-    "glm",
-    "moonshot",
-)
 
 
 class FaultSpec(BaseModel):
@@ -119,7 +109,14 @@ class EmulatorConfig(BaseModel):
     :param max_line_bytes: input limit per line.
     :param test_model_max_bytes: input limit per file for ``batch-test-model``.
     :param test_model_max_lines: input limit of lines for ``batch-test-model``.
-    :param known_model_prefixes: model name prefixes that exist; others fail ``model_not_found``.
+    :param models: model names that exist (default: the real DashScope names of
+        :mod:`.models`); any other fails with ``model_not_found`` (a batch in validation, a
+        real-time call with 404). On the command line a comma list; starting it with ``+``
+        adds to the defaults (``--models +my-finetune``).
+    :param accept_any_model: accept every model name (no ``model_not_found``).
+    :param test_model_max_concurrent: unfinished ``batch-test-model`` batches allowed at once;
+        creating one more answers 429 (nothing is created, so a retry is safe).
+    :param callback_timeout: seconds one ``ds_batch_finish_callback`` POST may take.
     :param request_log_size: entries kept in the request log.
     :param faults: fault injection per endpoint name (see :data:`ENDPOINT_NAMES`) or ``*``.
     """
@@ -147,7 +144,10 @@ class EmulatorConfig(BaseModel):
     max_line_bytes: int = Field(MAX_LINE_BYTES, ge=1)
     test_model_max_bytes: int = Field(TEST_MAX_FILE_BYTES, ge=1)
     test_model_max_lines: int = Field(TEST_MAX_LINES, ge=1)
-    known_model_prefixes: list[str] = Field(default_factory=lambda: list(DEFAULT_MODEL_PREFIXES))
+    models: list[str] = Field(default_factory=lambda: sorted(DEFAULT_MODELS))
+    accept_any_model: bool = False
+    test_model_max_concurrent: int = Field(2, ge=1)
+    callback_timeout: float = Field(10.0, gt=0.0)
     request_log_size: int = Field(100_000, ge=1)
     faults: dict[str, FaultSpec] = Field(default_factory=dict)
 
@@ -188,7 +188,39 @@ RUNTIME_FIELDS: frozenset[str] = frozenset(
         "max_line_bytes",
         "test_model_max_bytes",
         "test_model_max_lines",
-        "known_model_prefixes",
+        "models",
+        "accept_any_model",
+        "test_model_max_concurrent",
+        "callback_timeout",
     }
 )
 """Fields ``PUT /_emulator/config`` may change while the emulator runs."""
+
+
+def field_docs(model: type[BaseModel]) -> dict[str, str]:
+    """The ``:param name: text`` entries of a model's docstring, as one line each.
+
+    The docstring is the one description of every setting: ``--help`` is built from it, and a
+    test checks that every field has an entry, so the two cannot drift apart.
+
+    :param model: :class:`EmulatorConfig` or :class:`FaultSpec`.
+    """
+    docs: dict[str, str] = {}
+    current: str | None = None
+    for raw in (model.__doc__ or "").splitlines():
+        line = raw.strip()
+        match = re.match(r":param (\w+):\s*(.*)", line)
+        if match:
+            current = match.group(1)
+            docs[current] = match.group(2)
+        elif current is not None and line and not re.match(r":(param|return|raises)\b", line):
+            docs[current] += " " + line
+        else:
+            current = None
+    return {name: _plain(text) for name, text in docs.items()}
+
+
+def _plain(text: str) -> str:
+    # reST to terminal text: ``x`` -> x, :mod:`.models` -> models.
+    text = re.sub(r":\w+:`[.~]?([^`]+)`", r"\1", text).replace("``", "")
+    return " ".join(text.split())

@@ -107,6 +107,11 @@ class EmulatorHandle:
         result: dict[str, Any] = self._admin("GET", f"/batches/{batch_id}")
         return result
 
+    def callbacks(self) -> list[dict[str, Any]]:
+        """How each ``ds_batch_finish_callback`` went (``GET /_emulator/callbacks``), oldest first."""
+        result: list[dict[str, Any]] = self._admin("GET", "/callbacks")["callbacks"]
+        return result
+
     def set_faults(self, faults: dict[str, FaultSpec | dict[str, Any]]) -> dict[str, Any]:
         """Replace the fault table (``PUT /_emulator/faults``).
 
@@ -189,7 +194,7 @@ def config_to_args(config: EmulatorConfig) -> list[str]:
         if name == "faults":
             for endpoint, spec in value.items():
                 args += ["--fault", f"{endpoint}:{spec_to_text(spec)}"]
-        elif name == "known_model_prefixes":
+        elif name == "models":
             args += [flag, ",".join(value)]
         elif isinstance(value, bool):
             args.append(flag if value else "--no-" + name.replace("_", "-"))

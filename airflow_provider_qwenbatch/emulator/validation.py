@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_qwenbatch.client.models import ENDPOINTS, TEST_ENDPOINT, TEST_MODEL
+from airflow_provider_qwenbatch.emulator.models import model_not_found_message
 
 MAX_ERRORS = 100
 """Errors reported per batch at most (the first ones are what a person fixes first)."""
@@ -29,7 +30,7 @@ class Limits:
     :param max_line_bytes: one line.
     :param test_max_bytes: whole file with ``batch-test-model``.
     :param test_max_lines: request lines with ``batch-test-model``.
-    :param model_prefixes: model name prefixes that exist.
+    :param models: model names that exist; ``None`` accepts any.
     """
 
     max_file_bytes: int
@@ -37,7 +38,7 @@ class Limits:
     max_line_bytes: int
     test_max_bytes: int
     test_max_lines: int
-    model_prefixes: tuple[str, ...]
+    models: frozenset[str] | None
 
 
 @dataclass
@@ -135,10 +136,10 @@ class _Scanner:
         elif not isinstance(model, str) or not model:
             self.add("missing_required_parameter", "The request body is missing 'model'.", "body.model", n)
         else:
-            if not model.startswith(self.limits.model_prefixes):
+            if self.limits.models is not None and model not in self.limits.models:
                 self.add(
                     "model_not_found",
-                    f"The model '{model}' does not exist or you do not have access to it.",
+                    model_not_found_message(model),
                     "body.model",
                     n,
                 )

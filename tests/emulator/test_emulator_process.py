@@ -31,7 +31,9 @@ def test_cli_flags_round_trip() -> None:
         cancel_delay=0.5,
         seed=3,
         shuffle_output=False,
-        known_model_prefixes=["qwen", "my"],
+        models=["qwen-plus", "my-finetune"],
+        accept_any_model=True,
+        test_model_max_concurrent=5,
         faults={
             "create_batch": FaultSpec(p_429=0.5, retry_after=2, fail_next=["429", "drop"]),
             "*": FaultSpec(latency_ms=5),
