@@ -224,7 +224,7 @@ class QwenBatchAdapter(BatchAdapter):
             )
         except InputValidationError as exc:
             rules = {p.rule for p in exc.problems}
-            hint = " (line N is request N-1 of the list)"
+            hint = " (requests:N is the request at index N-1 of the list)"
             if rules & _LIMIT_RULES:
                 raise LLMBatchLimitExceededError(f"{exc}{hint}. Split the input with .expand().") from None
             if "mismatched_model" in rules:
