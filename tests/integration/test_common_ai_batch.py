@@ -18,6 +18,7 @@ import pytest
 
 from airflow_provider_qwenbatch.client.identity import BatchTag
 from airflow_provider_qwenbatch.emulator.server import EmulatorHandle
+from tests.integration.dag_folder import load_dags
 from tests.integration.helpers import status_of, wait_until
 
 pytest.importorskip("airflow.providers.common.ai.batch.base")
@@ -74,21 +75,9 @@ def llm_dags(
 
     # common.ai refuses poll_interval < 30 s; the emulator finishes in about a second.
     monkeypatch.setattr(llm_batch, "_MIN_POLL_INTERVAL", 1)
-    folder = tmp_path / "dags"
-    folder.mkdir()
-    (folder / "common_ai_alibaba.py").write_text(DAG_FILE)
-    from airflow import settings
-
-    # dag.test() syncs the DAG from the dags folder bundle, which reads settings.DAGS_FOLDER.
-    monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(folder))
-    monkeypatch.setattr(settings, "DAGS_FOLDER", str(folder))
     monkeypatch.setenv("QWEN_TEST_RESULT_PATH", f"file://{tmp_path / 'results'}")
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", llm_conn(emulator))
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(folder))
-    assert not bag.import_errors, bag.import_errors
-    return bag.dags
+    return load_dags(tmp_path, monkeypatch, "common_ai_alibaba", DAG_FILE)
 
 
 def llm_conn(emulator: EmulatorHandle) -> str:
@@ -173,6 +162,7 @@ def test_lost_create_replies_on_every_try_still_one_batch(
     emulator.set_faults({"create_batch": {"fail_next": ["drop_after"]}})
     from airflow.dag_processing.dagbag import DagBag
 
+    # Parsed again: the retries are read from the environment when the file is parsed.
     bag = DagBag(dag_folder=str(Path(llm_dags["common_ai_alibaba_sync"].fileloc).parent))
     dr = bag.dags["common_ai_alibaba_sync"].test()
     assert str(dr.state) == "success"
