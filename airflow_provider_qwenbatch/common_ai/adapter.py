@@ -169,6 +169,11 @@ class QwenBatchAdapter(BatchAdapter):
             from airflow_provider_qwenbatch.client.sync import BatchClient
 
             key = api_key or os.environ.get(API_KEY_ENV, "")
+            if key and not api_key:
+                # Airflow masks a Connection's password itself; a key from the environment is masked here.
+                from airflow.sdk.log import mask_secret
+
+                mask_secret(key)
             client = BatchClient(key, self.base_url, logger=log)
         self._client: BatchClient = client
 
