@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint typecheck demo lock emulator bench clean
+.PHONY: install test test-fast lint typecheck demo lock emulator bench dist clean
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -49,5 +49,13 @@ bench: install
 lock:
 	uv pip compile -q pyproject.toml --extra dev --extra emulator --python-version 3.11 -o requirements-dev.lock
 
+# The sdist and wheel a release would upload (dist/), with their metadata checked by twine.
+dist: install
+	rm -rf dist build
+	$(PY) -m build --sdist --wheel --outdir dist .
+	@# setuptools leaves these behind; an .egg-info beside the package would make Airflow see it twice.
+	rm -rf build airflow_provider_qwenbatch.egg-info
+	$(VENV)/bin/twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) .demo .tmp
+	rm -rf $(VENV) .demo .tmp dist build

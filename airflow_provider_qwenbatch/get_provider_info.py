@@ -6,6 +6,8 @@ from typing import Any
 
 from airflow_provider_qwenbatch import __version__
 
+DOCUMENTATION_URL = "https://pypi.org/project/airflow-provider-qwenbatch/"
+
 
 def get_provider_info() -> dict[str, Any]:
     """Return the provider's metadata: hooks, connection type and its UI fields, links, config."""
@@ -15,6 +17,8 @@ def get_provider_info() -> dict[str, Any]:
         "description": "Run Qwen Cloud (Alibaba DashScope / Model Studio) Batch jobs from Airflow, "
         "and cancel them when the DAG that started them is aborted or fails.",
         "versions": [__version__],
+        # Airflow reads project.urls "Documentation" too; the README is the documentation, shown on PyPI.
+        "documentation-url": DOCUMENTATION_URL,
         "integrations": [
             {
                 "integration-name": "Qwen Batch (DashScope)",
@@ -68,6 +72,16 @@ def get_provider_info() -> dict[str, Any]:
                             "enum": ["beijing", "singapore", "us"],
                         },
                         "description": "Picks the base URL; an API key works only in its own region.",
+                    },
+                    "workspace_id": {
+                        "label": "Workspace ID (Singapore)",
+                        "schema": {
+                            "type": ["string", "null"],
+                            "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+                        },
+                        "description": "Uses the workspace's own domain "
+                        "https://{workspace_id}.ap-southeast-1.maas.aliyuncs.com/compatible-mode/v1, which the "
+                        "vendor recommends over dashscope-intl. Singapore only; leave empty otherwise.",
                     },
                     "timeout": {
                         "label": "Request timeout (s)",

@@ -29,6 +29,11 @@ class QwenBatchConsoleLink(BaseOperatorLink):
         :param operator: the operator.
         :param ti_key: the task instance.
         """
+        if getattr(operator, "batch_id", "") is None:
+            # Called by the task runner as the task ends, on the operator that ran: it created no
+            # batch (it failed before), so there is no URL, and asking for the XCom would only
+            # make the API answer 404 and the task log an "XCom not found" error.
+            return ""
         from airflow.sdk.execution_time.xcom import XCom
 
         value: Any = XCom.get_value(ti_key=ti_key, key=self.xcom_key)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from airflow_provider_qwenbatch.client.errors import InputValidationError, ValidationProblem, position
+from airflow_provider_qwenbatch.client.logs import LoggerLike
 from airflow_provider_qwenbatch.client.models import ENDPOINTS, TEST_ENDPOINT, TEST_MODEL
 
 MAX_FILE_BYTES = 500 * 1024 * 1024
@@ -319,3 +320,23 @@ def write_jsonl(
         dest.unlink(missing_ok=True)
         raise
     return InputSummary(os.fspath(dest), checker.lines, checker.bytes, checker.model, endpoint)
+
+
+def warn_if_model_not_in_region(
+    summary: InputSummary, base_url: str | None, logger: LoggerLike
+) -> str | None:
+    """Log a warning (never refuse) when the input's model is not on the base URL's region list.
+
+    Called after validation and before upload, so the task log says it before anything is paid.
+
+    :param summary: the validated input (its one model).
+    :param base_url: the base URL the batch goes to; its region decides the list.
+    :param logger: where to warn.
+    :return: the warning, or ``None``.
+    """
+    from airflow_provider_qwenbatch.client.regions import batch_model_warning, region_of_base_url
+
+    warning = batch_model_warning(region_of_base_url(base_url), summary.model)
+    if warning:
+        logger.warning("%s: %s", summary.path, warning)
+    return warning

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +11,7 @@ import httpx
 from airflow.sdk import BaseHook
 
 from airflow_provider_qwenbatch.client.errors import QwenBatchError
-from airflow_provider_qwenbatch.client.regions import Region
+from airflow_provider_qwenbatch.client.regions import Region, validate_workspace_id, workspace_base_url
 from airflow_provider_qwenbatch.client.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 
 API_KEY_ENV = "DASHSCOPE_API_KEY"
 _EXTRA_PREFIX = "extra__qwen_batch__"
+# The UI's Test button waits for test_connection: one attempt, short timeouts, so an unreachable
+# host answers in about 5 s instead of five retries with back-off (~21 s).
+# Seconds for connect and for each read: worst case ~5 s on a host that accepts and never answers.
+TEST_CONNECTION_TIMEOUT = 2.5
+TEST_CONNECTION_RETRIES = 0
+# (conn_id, task instance) pairs already told that the key comes from the environment: several
+# hooks of one task (submit, console link, kill path) resolve the same Connection.
+_ENV_KEY_LOGGED: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,9 @@ class QwenBatchHook(BaseHook):
     Connection fields: **API Key** (password; when empty, the ``DASHSCOPE_API_KEY`` environment
     variable is used and the log says so), **Base URL override** (host; e.g. a local emulator),
     and extras ``region`` (``beijing``, ``singapore``, ``us``), ``timeout``, ``connect_timeout``,
-    ``max_retries``.
+    ``max_retries``, and ``workspace_id`` (Singapore's workspace-specific domain,
+    ``https://{workspace_id}.ap-southeast-1.maas.aliyuncs.com/compatible-mode/v1``, which the vendor
+    recommends over ``dashscope-intl``).
 
     :param qwen_batch_conn_id: the Connection id.
     """
@@ -146,9 +156,19 @@ class QwenBatchHook(BaseHook):
         return self.settings.sync_client(logger=self.log)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Really call the API (list one batch) with the Connection's key and URL."""
+        """Really call the API (list one batch) with the Connection's key and URL.
+
+        One attempt with short timeouts (:data:`TEST_CONNECTION_TIMEOUT`), so the UI's Test
+        button answers within about 5 s even when the host is unreachable.
+        """
         try:
-            with self.get_conn() as client:
+            settings = replace(
+                self.settings,
+                timeout=min(self.settings.timeout, TEST_CONNECTION_TIMEOUT),
+                connect_timeout=min(self.settings.connect_timeout, TEST_CONNECTION_TIMEOUT),
+                max_retries=TEST_CONNECTION_RETRIES,
+            )
+            with settings.sync_client(logger=self.log) as client:
                 page = client.list_batches(limit=1)
         except QwenBatchError as exc:
             return False, str(exc)
@@ -158,6 +178,17 @@ class QwenBatchHook(BaseHook):
         return True, f"Connected to {self.settings.base_url} (listed {seen} batch{'es' if seen != 1 else ''})"
 
 
+def _task_key() -> str:
+    """The running task instance (``""`` outside a task), so the env-key notice is once per task."""
+    try:
+        from airflow.sdk import get_current_context
+
+        ti = get_current_context()["ti"]
+    except Exception:  # not in a task (a script, the triggerer, a test)
+        return ""
+    return f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.map_index}/{ti.try_number}"
+
+
 def _extra(extras: dict[str, Any], name: str) -> Any:
     value = extras.get(name)
     if value in (None, ""):
@@ -165,13 +196,13 @@ def _extra(extras: dict[str, Any], name: str) -> Any:
     return None if value == "" else value
 
 
-def _base_url(conn: Any, extras: dict[str, Any], region: Region) -> str:
+def _base_url(conn: Any, extras: dict[str, Any], region: Region, workspace_id: str | None) -> str:
     override = _extra(extras, "base_url")
     host = (getattr(conn, "host", None) or "").strip()
     if override:
         return str(override).rstrip("/")
     if not host:
-        return region.base_url
+        return workspace_base_url(workspace_id) if workspace_id else region.base_url
     if "://" in host:
         return host.rstrip("/")
     # A URI-style Connection (qwen_batch://:key@127.0.0.1:8000/compatible-mode/v1) splits the URL up.
@@ -191,10 +222,28 @@ def settings_from_connection(conn_id: str, conn: Any, log: Any) -> ConnectionSet
     :raises ValueError: naming the Connection and the field that is wrong.
     """
     extras: dict[str, Any] = dict(conn.extra_dejson or {})
+    raw_region = _extra(extras, "region")
     try:
-        region = Region.parse(_extra(extras, "region"))
+        region = Region.parse(raw_region)
     except ValueError as exc:
         raise ValueError(f"Connection {conn_id!r}, extra 'region': {exc}") from None
+    workspace_id = _extra(extras, "workspace_id")
+    if workspace_id is not None:
+        if not isinstance(workspace_id, str):
+            raise ValueError(
+                f"Connection {conn_id!r}, extra 'workspace_id': expected text, got {workspace_id!r}"
+            )
+        try:
+            workspace_id = validate_workspace_id(workspace_id)
+        except ValueError as exc:
+            raise ValueError(f"Connection {conn_id!r}, extra 'workspace_id': {exc}") from None
+        if raw_region is None:
+            region = Region.SINGAPORE  # workspace domains exist in Singapore only
+        elif region is not Region.SINGAPORE:
+            raise ValueError(
+                f"Connection {conn_id!r}, extra 'workspace_id': workspace domains exist only in the "
+                f"singapore region, but extra 'region' is {raw_region!r}"
+            )
 
     def number(name: str, default: float, strict: bool = True) -> float:
         raw = _extra(extras, name)
@@ -223,10 +272,13 @@ def settings_from_connection(conn_id: str, conn: Any, log: Any) -> ConnectionSet
         from airflow.sdk.log import mask_secret
 
         mask_secret(api_key)
-        log.info("Connection %r has no API key; using the %s environment variable", conn_id, API_KEY_ENV)
+        seen = (conn_id, _task_key())
+        if seen not in _ENV_KEY_LOGGED:
+            _ENV_KEY_LOGGED.add(seen)
+            log.info("Connection %r has no API key; using the %s environment variable", conn_id, API_KEY_ENV)
     return ConnectionSettings(
         conn_id=conn_id,
-        base_url=_base_url(conn, extras, region),
+        base_url=_base_url(conn, extras, region, workspace_id),
         region=region,
         timeout=number("timeout", 60.0),
         connect_timeout=number("connect_timeout", 10.0),

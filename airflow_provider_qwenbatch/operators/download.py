@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_qwenbatch.client.results import ResultCounts
     from airflow_provider_qwenbatch.client.sync import BatchClient
+    from airflow_provider_qwenbatch.lineage import Lineage
 
 
 class DownloadBatchResultsOperator(QwenBatchBaseOperator):
@@ -23,7 +25,13 @@ class DownloadBatchResultsOperator(QwenBatchBaseOperator):
 
     Every line's own status is checked: the output file can hold non-200 lines while
     ``request_counts.failed`` says 0. Files are written as ``<destination>/<batch_id>/output.jsonl``
-    and ``.../errors.jsonl``. Returns paths, counts and token totals.
+    and ``.../errors.jsonl`` with the permissions the user's umask gives a new file. Returns paths,
+    counts and token totals.
+
+    With ``outlets``, each outlet asset's event carries ``extra`` = ``{"batch_ids", "lines",
+    "succeeded", "failed", "tokens", "output_paths"}``, so a DAG scheduled on the asset knows
+    what it got (``triggering_asset_events``). OpenLineage: the batch's result files in, the
+    files at the destination out (:mod:`airflow_provider_qwenbatch.lineage`).
 
     :param batch_id: the batch (templated), e.g. ``{{ ti.xcom_pull(task_ids='submit', key='batch_id') }}``.
     :param destination: a folder: local path or ObjectStoragePath URI (templated).
@@ -58,6 +66,7 @@ class DownloadBatchResultsOperator(QwenBatchBaseOperator):
         self.max_failed_ratio = max_failed_ratio
         self.max_failed_lines = max_failed_lines
         self.delete_remote_files = delete_remote_files
+        self._lineage: dict[str, Any] | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Download, count, check the thresholds, then optionally delete the remote files."""
@@ -83,6 +92,8 @@ class DownloadBatchResultsOperator(QwenBatchBaseOperator):
                         continue
                     local = Path(tmp) / name
                     client.download_file(file_id, local)
+                    # The temporary file is private (0600); the stored result follows the umask.
+                    _apply_umask(local)
                     counts = count_results(local)
                     self.log.info(
                         "%s: %d lines, %d succeeded, %d failed",
@@ -118,10 +129,47 @@ class DownloadBatchResultsOperator(QwenBatchBaseOperator):
                 totals.failed,
                 totals.total_tokens,
             )
+            self._lineage = {
+                "batch_id": batch.id,
+                "remote_file_ids": [f for _, f, _ in files if f],
+                "stored": [paths["output_path"], paths["error_path"]],
+            }
             self._check_thresholds(batch.id, totals)
+            self._emit_asset_extra(context, summary)
             if self.delete_remote_files:
                 summary["deleted_files"] = self._delete(client, [f for _, f, _ in files if f])
             return summary
+
+    def _emit_asset_extra(self, context: Context, summary: dict[str, Any]) -> None:
+        """Attach what was downloaded to each outlet's asset event (Airflow 3 ``outlet_events``)."""
+        if not self.outlets:
+            return
+        extra = {
+            "batch_ids": [summary["batch_id"]],
+            "status": summary["status"],
+            "lines": summary["lines"],
+            "succeeded": summary["succeeded"],
+            "failed": summary["failed"],
+            "tokens": summary["tokens"],
+            "output_paths": [p for p in (summary["output_path"], summary["error_path"]) if p],
+        }
+        events = context["outlet_events"]
+        for outlet in self.outlets:
+            if _is_asset(outlet):
+                events[outlet].extra.update(extra)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Lineage:
+        """OpenLineage facets: the batch's result files in, the stored files out.
+
+        :param task_instance: the finished task instance (unused: the operator kept what it did).
+        """
+        from airflow_provider_qwenbatch.lineage import download_lineage
+
+        if self._lineage is None or self._settings is None:
+            from airflow.providers.openlineage.extractors import OperatorLineage
+
+            return OperatorLineage()
+        return download_lineage(base_url=self._settings.base_url, **self._lineage)
 
     def _check_thresholds(self, batch_id: str, totals: ResultCounts) -> None:
         ratio = totals.failed / totals.lines if totals.lines else 0.0
@@ -144,3 +192,28 @@ class DownloadBatchResultsOperator(QwenBatchBaseOperator):
             except Exception as exc:  # results are safe locally; a leftover file only costs quota
                 self.log.warning("Could not delete remote file %s: %s", file_id, exc)
         return deleted
+
+
+def _current_umask() -> int:
+    # Linux reports it without changing it; elsewhere os.umask can only read by setting.
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(path: Path) -> None:
+    """Give ``path`` the mode a newly created file gets: ``0o666`` less the process umask."""
+    path.chmod(0o666 & ~_current_umask())
+
+
+def _is_asset(outlet: Any) -> bool:
+    from airflow.sdk import Asset
+
+    return isinstance(outlet, Asset)

@@ -58,6 +58,7 @@ def test_providers_manager_knows_hook_connection_type_and_fields() -> None:
         "extra__qwen_batch__max_retries",
         "extra__qwen_batch__region",
         "extra__qwen_batch__timeout",
+        "extra__qwen_batch__workspace_id",
     ]
     assert data["behaviour"]["relabeling"]["password"] == "API Key"
     assert "password" not in data["behaviour"]["hidden_fields"]
@@ -84,7 +85,10 @@ def test_cleanup_listener_is_registered_with_default_settings() -> None:
         "from airflow import plugins_manager\n"
         "from airflow.listeners.listener import get_listener_manager\n"
         "names = [getattr(p, '__name__', '') for p in get_listener_manager().pm.get_plugins()]\n"
-        "print(names.count('airflow_provider_qwenbatch.cleanup.listener'), len(plugins_manager._get_plugins()[1]))\n"
+        # Only our plugins' errors: other installed providers (common.ai, openlineage) declare
+        # theirs both ways and Airflow reports those as "already registered".
+        "errors = [k for k in plugins_manager._get_plugins()[1] if 'qwenbatch' in k]\n"
+        "print(names.count('airflow_provider_qwenbatch.cleanup.listener'), len(errors))\n"
     )
     for lazy in ("True", "False"):
         env = dict(os.environ, AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS=lazy)
