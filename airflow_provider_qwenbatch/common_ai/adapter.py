@@ -229,14 +229,13 @@ class QwenBatchAdapter(BatchAdapter):
             )
         except InputValidationError as exc:
             rules = {p.rule for p in exc.problems}
-            hint = " (requests:N is the request at index N-1 of the list)"
             if rules & _LIMIT_RULES:
-                raise LLMBatchLimitExceededError(f"{exc}{hint}. Split the input with .expand().") from None
+                raise LLMBatchLimitExceededError(f"{exc}. Split the input with .expand().") from None
             if "mismatched_model" in rules:
                 raise LLMBatchModelMismatchError(
-                    f"{exc}{hint}. DashScope takes one model per batch file."
+                    f"{exc}. DashScope takes one model per batch file."
                 ) from None
-            raise LLMBatchInputError(f"{exc}{hint}") from None
+            raise LLMBatchInputError(str(exc)) from None
 
     def build_output_directive(self, spec: OutputSpec) -> dict[str, Any]:
         """``response_format`` ``json_schema`` (supported by qwen-plus and others); ``{}`` for ``str``.

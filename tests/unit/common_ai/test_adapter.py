@@ -152,7 +152,7 @@ def test_validation_names_the_line_and_rule_before_any_call() -> None:
     server = Server()
     adapter = _adapter(server)
     spec = build_output_spec(str)
-    with pytest.raises(LLMBatchInputError, match=r"requests:2: \[invalid_json\]"):
+    with pytest.raises(LLMBatchInputError, match=r"requests: request 2 \(index 1\): \[invalid_json\]"):
         adapter.validate_requests(
             [{"prompt": "ok"}, {"prompt": "bad", "params": {"x": {1, 2}}}],
             model="qwen-plus",
@@ -173,7 +173,9 @@ def test_validation_names_the_line_and_rule_before_any_call() -> None:
             output_spec=spec,
             idempotency_key=KEY16,
         )
-    with pytest.raises(LLMBatchLimitExceededError, match=r"requests:1: \[line_too_large\]"):
+    with pytest.raises(
+        LLMBatchLimitExceededError, match=r"requests: request 1 \(index 0\): \[line_too_large\]"
+    ):
         adapter.validate_requests(
             [{"prompt": "x" * (6 * 1024 * 1024 + 1)}],
             model="qwen-plus",
