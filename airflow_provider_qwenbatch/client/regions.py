@@ -122,29 +122,39 @@ def region_of_base_url(base_url: str | None) -> Region | None:
 
 # From the vendor's pages of June 2026. Names change over time, so this list only ever gives
 # advice (a warning before upload); the server's ``model_not_found`` stays the truth.
+EMBEDDING_MODELS: frozenset[str] = frozenset(
+    {"text-embedding-v1", "text-embedding-v2", "text-embedding-v3", "text-embedding-v4"}
+)
+# The one list of batch models per region: the client warns from it, the emulator accepts it.
 BATCH_MODELS: dict[Region, frozenset[str]] = {
     Region.SINGAPORE: frozenset({"qwen-max", "qwen-plus", "qwen-flash", "qwen-turbo"}),
     Region.BEIJING: frozenset(
         {
+            # Qwen-Max/Plus/Flash/Long/Turbo, stable and -latest.
             "qwen-max",
             "qwen-max-latest",
             "qwen-plus",
             "qwen-plus-latest",
             "qwen-flash",
+            "qwen-flash-latest",
             "qwen-long",
             "qwen-long-latest",
+            "qwen-turbo",
+            "qwen-turbo-latest",
             "qwq-plus",
+            # Third-party models served by DashScope.
             "deepseek-r1",
             "deepseek-v3",
             "deepseek-v3.2",
+            # Vision and OCR.
             "qwen-vl-max",
+            "qwen-vl-max-latest",
             "qwen-vl-plus",
+            "qwen-vl-plus-latest",
             "qwen-vl-flash",
             "qwen-vl-ocr",
-            "text-embedding-v1",
-            "text-embedding-v2",
-            "text-embedding-v3",
-            "text-embedding-v4",
+            "qwen-vl-ocr-latest",
+            *EMBEDDING_MODELS,
         }
     ),
     # The US region's batch models are not documented: no list, so no warning there.

@@ -1,6 +1,6 @@
 """The model names the emulator accepts: real DashScope names, by region where the vendor says so.
 
-One place for this data. The emulator refuses any other name with ``model_not_found``, as the
+The region lists are the client's own (``client.regions.BATCH_MODELS``): one place for them. The emulator refuses any other name with ``model_not_found``, as the
 live service does (``qwen-plsu`` is a typo the emulator must not let through). The sets are
 plain data with no dependency, so the provider's client can reuse them (e.g. to warn that a
 model is not offered for batch in the connection's region).
@@ -14,6 +14,7 @@ check off with ``--accept-any-model``.
 from __future__ import annotations
 
 from airflow_provider_qwenbatch.client.models import TEST_MODEL
+from airflow_provider_qwenbatch.client.regions import BATCH_MODELS, EMBEDDING_MODELS, Region
 
 __all__ = [
     "BEIJING_BATCH_MODELS",
@@ -25,42 +26,10 @@ __all__ = [
     "model_not_found_message",
 ]
 
-SINGAPORE_BATCH_MODELS: frozenset[str] = frozenset({"qwen-max", "qwen-plus", "qwen-flash", "qwen-turbo"})
+SINGAPORE_BATCH_MODELS: frozenset[str] = BATCH_MODELS[Region.SINGAPORE]
 """Models the Singapore (international) region offers for batch."""
 
-_EMBEDDING_MODELS = frozenset(
-    {"text-embedding-v1", "text-embedding-v2", "text-embedding-v3", "text-embedding-v4"}
-)
-
-BEIJING_BATCH_MODELS: frozenset[str] = frozenset(
-    {
-        # Qwen-Max/Plus/Flash/Long, stable and -latest.
-        "qwen-max",
-        "qwen-max-latest",
-        "qwen-plus",
-        "qwen-plus-latest",
-        "qwen-flash",
-        "qwen-flash-latest",
-        "qwen-long",
-        "qwen-long-latest",
-        "qwen-turbo",
-        "qwen-turbo-latest",
-        "qwq-plus",
-        # Third-party models served by DashScope.
-        "deepseek-r1",
-        "deepseek-v3",
-        "deepseek-v3.2",
-        # Vision and OCR.
-        "qwen-vl-max",
-        "qwen-vl-max-latest",
-        "qwen-vl-plus",
-        "qwen-vl-plus-latest",
-        "qwen-vl-flash",
-        "qwen-vl-ocr",
-        "qwen-vl-ocr-latest",
-        *_EMBEDDING_MODELS,
-    }
-)
+BEIJING_BATCH_MODELS: frozenset[str] = BATCH_MODELS[Region.BEIJING]
 """Models the Beijing region offers for batch."""
 
 QWEN3_MODELS: frozenset[str] = frozenset(
@@ -68,8 +37,6 @@ QWEN3_MODELS: frozenset[str] = frozenset(
 )
 """The current qwen3.x series names in common use (thinking ON by default; batch region unconfirmed)."""
 
-EMBEDDING_MODELS: frozenset[str] = _EMBEDDING_MODELS
-"""Models answered in the shape of ``/v1/embeddings``."""
 
 DEFAULT_MODELS: frozenset[str] = SINGAPORE_BATCH_MODELS | BEIJING_BATCH_MODELS | QWEN3_MODELS | {TEST_MODEL}
 """Everything the emulator accepts by default."""
