@@ -97,7 +97,9 @@ class InputFingerprint:
     @classmethod
     def _of(cls, kind: str, source: str, endpoint: str, window: str, model: str) -> InputFingerprint:
         hours = str(int(parse_completion_window(window).total_seconds() // 3600))
-        return cls(_digest(_FINGERPRINT_VERSION, kind, source, endpoint, hours, model, length=FINGERPRINT_LEN))
+        return cls(
+            _digest(_FINGERPRINT_VERSION, kind, source, endpoint, hours, model, length=FINGERPRINT_LEN)
+        )
 
 
 @dataclass(frozen=True)
@@ -162,4 +164,7 @@ def find_tags(ds_name: str) -> list[str]:
 
     :param ds_name: a batch's ``metadata.ds_name``.
     """
-    return [m.group(0)[: m.start("fp") - m.start() - 1] if m.group("fp") else m.group(0) for m in _TAG_RE.finditer(ds_name)]
+    return [
+        m.group(0)[: m.start("fp") - m.start() - 1] if m.group("fp") else m.group(0)
+        for m in _TAG_RE.finditer(ds_name)
+    ]

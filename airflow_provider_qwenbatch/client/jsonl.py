@@ -356,9 +356,9 @@ def write_jsonl(
                 checker.check_request(n, obj)
                 try:
                     # allow_nan=False: Python would write NaN/Infinity, which the server rejects.
-                    data = json.dumps(
-                        obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-                    ).encode("utf-8")
+                    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
+                        "utf-8"
+                    )
                 except UnicodeEncodeError as exc:
                     checker.add(n, "invalid_encoding", f"request is not valid UTF-8 text: {exc.reason}")
                     continue

@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from airflow_provider_qwenbatch.client.sync import BatchClient
 from tests.system.conftest import LINES_PER_SECOND, System
 from tests.system.stack import poll
 
 pytestmark = pytest.mark.system
 
 START_TIMEOUT = 180.0  # five task processes start on a shared 2-core machine
-CANCEL_REQUEST_TIMEOUT = 60.0  # deferral timeout (10 s) + the scheduler's timeout check (~15 s) + a task start
+CANCEL_REQUEST_TIMEOUT = (
+    60.0  # deferral timeout (10 s) + the scheduler's timeout check (~15 s) + a task start
+)
 CANCELLED_TIMEOUT = 30.0
 STATE_TIMEOUT = 180.0
 DAG_KNOWN_TIMEOUT = 120.0
@@ -114,16 +114,14 @@ def _clear(system: System, dag_id: str, run_id: str, task_ids: list[str]) -> Non
     assert response.status_code < 300, response.text[:500]
 
 
-def _input_text(system: System, batch: dict[str, Any], tmp: Path) -> str:
-    target = tmp / f"{batch['id']}.jsonl"
-    with BatchClient(system.handle.api_key, system.handle.base_url) as client:
-        client.download_file(batch["input_file_id"], target)
-    return target.read_text(encoding="utf-8")
+def _input_text(system: System, batch: dict[str, Any]) -> str:
+    """The input file exactly as the emulator received it (input files cannot be downloaded, as live)."""
+    # conftest starts the emulator with state_dir=<workdir>/emulator-state, beside the data folder.
+    stored = system.data.parent / "emulator-state" / "files" / batch["input_file_id"]
+    return stored.read_text(encoding="utf-8")
 
 
-def test_clear_with_changed_input_creates_a_new_batch(
-    system: System, record: dict[str, Any], tmp_path: Path
-) -> None:
+def test_clear_with_changed_input_creates_a_new_batch(system: System, record: dict[str, Any]) -> None:
     """A finished submit task is cleared after its input changed -> a second batch with the new input."""
     record["scenario"] = "S2 clear after the input changed (new batch, not the old one)"
     dag_id, run_id = "sys_spend_clear_input", system.new_run_id("spend2")
@@ -132,7 +130,7 @@ def test_clear_with_changed_input_creates_a_new_batch(
     system.api.trigger(dag_id, run_id)
     system.api.wait_run_state(dag_id, run_id, ["success"], STATE_TIMEOUT)
     (first,) = system.emu.run_batches(dag_id, run_id)
-    assert "alpha 0" in _input_text(system, first, tmp_path)
+    assert "alpha 0" in _input_text(system, first)
 
     _set_variable(system, "qwenbatch_sys_prompt", "beta")
     cleared_at = time.time()
@@ -150,10 +148,10 @@ def test_clear_with_changed_input_creates_a_new_batch(
     )
     assert ti["try_number"] == 2  # a clear increments try_number in Airflow 3 (so the lookup runs)
     batches = system.emu.run_batches(dag_id, run_id)
-    assert [b["id"] for b in batches][0] == first["id"]
+    assert batches[0]["id"] == first["id"]
     assert len(batches) == 2, f"the cleared task re-used the old batch: {[b['id'] for b in batches]}"
     second = batches[1]
-    text = _input_text(system, second, tmp_path)
+    text = _input_text(system, second)
     assert "beta 0" in text and "alpha" not in text
     assert [json.loads(x)["custom_id"] for x in text.splitlines()] == ["r-0", "r-1", "r-2"]
     assert len(system.emu.creates({first["id"], second["id"]})) == 2
