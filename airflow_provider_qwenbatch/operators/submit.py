@@ -141,8 +141,9 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
             self._check_window()
         from airflow.sdk import XComArg
 
-        if isinstance(requests, XComArg):
-            # Airflow links XComArgs of template fields only; requests is not one (see template_fields).
+        # Airflow links XComArgs of template fields only; requests is not one (see template_fields).
+        # An operator unmapped from a MappedOperator at run time has its links already.
+        if isinstance(requests, XComArg) and not getattr(self, "_BaseOperator__from_mapped", False):
             XComArg.apply_upstream_relationship(self, requests)
 
     # ---- checks before anything is uploaded -----------------------------------------------
