@@ -284,3 +284,16 @@ def test_requests_reach_the_server_byte_for_byte_under_dag_test(emu: EmulatorHan
         sent = [json.loads(line)["body"]["messages"][0]["content"] for line in stored.decode().splitlines()]
         assert sent == TRICKY
     assert "requests" not in SubmitBatchOperator.template_fields  # nor stored as a rendered field
+
+
+def test_timeout_cancel_retries_a_transient_error(emu: EmulatorHandle) -> None:
+    # No SIGKILL clock on the timeout path: a 503 on the cancel must not leave the batch billing.
+    from airflow_provider_qwenbatch.exceptions import BatchTimeoutError
+
+    emu.set_config(lines_per_second=10.0)
+    emu.set_faults({"cancel_batch": {"fail_next": ["503"]}})
+    op = _submit(requests=chat_requests(1000), timeout=1.5)
+    with pytest.raises(BatchTimeoutError, match="cancel: cancel_requested"):
+        op.execute(context_for(StubTI()))
+    assert op.batch_id is not None
+    assert [c["status"] for c in emu.requests(endpoint="cancel_batch", batch_id=op.batch_id)] == [503, 200]
