@@ -46,6 +46,13 @@ class BatchFailedError(AirflowFailException):
         self.status = status
 
 
+class BatchNotFoundError(AirflowFailException):
+    """A batch id names no batch of this account and region (a typo, another workspace). Not retried.
+
+    :param message: the ids and the server's request ids.
+    """
+
+
 class BatchTimeoutError(AirflowException):
     """The operator's ``timeout`` was reached; the batch was cancelled.
 

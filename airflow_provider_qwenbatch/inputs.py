@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from airflow_provider_qwenbatch.client.identity import InputFingerprint
 from airflow_provider_qwenbatch.client.jsonl import InputSummary, validate_jsonl_file, write_jsonl
 
 _COPY_CHUNK = 1024 * 1024
@@ -34,6 +35,18 @@ class PreparedInput:
     path: Path
     summary: InputSummary
     temporary: bool
+
+    def fingerprint(self, completion_window: str) -> InputFingerprint:
+        """What a batch created from this file is created from (content hash taken while validating).
+
+        :param completion_window: the batch's completion window.
+        """
+        return InputFingerprint.of_content(
+            self.summary.sha256,
+            endpoint=self.summary.endpoint,
+            completion_window=completion_window,
+            model=self.summary.model,
+        )
 
     def discard(self) -> None:
         """Remove the file if the provider made it; a user's own file is never touched."""

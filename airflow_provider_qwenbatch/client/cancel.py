@@ -90,13 +90,14 @@ def _after_read(batch_id: str, batch: Batch) -> CancelOutcome | None:
 def _after_error(batch_id: str, exc: QwenBatchError, reread: Batch | None) -> CancelOutcome:
     if isinstance(exc, NotFoundError):
         return CancelOutcome(batch_id, CancelAction.NOT_FOUND, None, exc.request_id, "no such batch")
-    if reread is not None and reread.status.is_terminal:
+    if reread is not None and (reread.status.is_terminal or reread.status is BatchStatus.CANCELLING):
+        # A cancel refused because the batch is already being cancelled (or ended) leaves nothing to do.
         return CancelOutcome(
             batch_id,
             CancelAction.ALREADY_TERMINAL,
             reread.status,
             exc.request_id,
-            "became terminal before the cancel",
+            "became terminal before the cancel" if reread.status.is_terminal else "already being cancelled",
         )
     return CancelOutcome(
         batch_id, CancelAction.FAILED, reread.status if reread else None, exc.request_id, str(exc)
@@ -109,13 +110,16 @@ def cancel_quietly(
     *,
     budget: float = DEFAULT_KILL_BUDGET,
     logger: LoggerLike | None = None,
+    retries: int = 0,
 ) -> CancelOutcome:
     """Cancel a batch if it is still running, within ``budget`` seconds, never raising.
 
     :param client: a sync client.
     :param batch_id: the batch to cancel.
-    :param budget: seconds the whole attempt may take (read + cancel, no retries past it).
+    :param budget: seconds the whole attempt may take (read + cancel).
     :param logger: where to log the outcome.
+    :param retries: retries of each request on a transient error (0 on a kill path: no time for them;
+        a timeout or deadline path, with no SIGKILL clock, passes a few and a longer budget).
     """
     logger = logger or log
     deadline = time.monotonic() + budget
@@ -124,7 +128,9 @@ def cancel_quietly(
         return max(0.2, deadline - time.monotonic())
 
     try:
-        early = _after_read(batch_id, client.retrieve_batch(batch_id, timeout=left() / 2, max_retries=0))
+        early = _after_read(
+            batch_id, client.retrieve_batch(batch_id, timeout=left() / 2, max_retries=retries)
+        )
         if early is not None:
             return _log(logger, early)
     except NotFoundError as exc:
@@ -135,13 +141,13 @@ def cancel_quietly(
     except Exception as exc:  # never raise out of a kill path
         logger.warning("Reading batch %s before cancel failed unexpectedly: %r", batch_id, exc)
     try:
-        batch = client.cancel_batch(batch_id, timeout=left(), max_retries=0)
+        batch = client.cancel_batch(batch_id, timeout=left(), max_retries=retries)
         outcome = CancelOutcome(batch_id, CancelAction.REQUESTED, batch.status, batch.x_request_id)
     except QwenBatchError as exc:
         reread = None
         if not isinstance(exc, NotFoundError):
             try:
-                reread = client.retrieve_batch(batch_id, timeout=left(), max_retries=0)
+                reread = client.retrieve_batch(batch_id, timeout=left(), max_retries=retries)
             except Exception:
                 reread = None
         outcome = _after_error(batch_id, exc, reread)
@@ -156,6 +162,7 @@ async def acancel_quietly(
     *,
     budget: float = DEFAULT_KILL_BUDGET,
     logger: LoggerLike | None = None,
+    retries: int = 0,
 ) -> CancelOutcome:
     """Async twin of :func:`cancel_quietly`, for triggers.
 
@@ -163,6 +170,7 @@ async def acancel_quietly(
     :param batch_id: the batch to cancel.
     :param budget: seconds the whole attempt may take.
     :param logger: where to log the outcome.
+    :param retries: retries of each request on a transient error (see :func:`cancel_quietly`).
     """
     logger = logger or log
     deadline = time.monotonic() + budget
@@ -172,7 +180,7 @@ async def acancel_quietly(
 
     try:
         early = _after_read(
-            batch_id, await client.retrieve_batch(batch_id, timeout=left() / 2, max_retries=0)
+            batch_id, await client.retrieve_batch(batch_id, timeout=left() / 2, max_retries=retries)
         )
         if early is not None:
             return _log(logger, early)
@@ -183,13 +191,13 @@ async def acancel_quietly(
     except Exception as exc:
         logger.warning("Reading batch %s before cancel failed unexpectedly: %r", batch_id, exc)
     try:
-        batch = await client.cancel_batch(batch_id, timeout=left(), max_retries=0)
+        batch = await client.cancel_batch(batch_id, timeout=left(), max_retries=retries)
         outcome = CancelOutcome(batch_id, CancelAction.REQUESTED, batch.status, batch.x_request_id)
     except QwenBatchError as exc:
         reread = None
         if not isinstance(exc, NotFoundError):
             try:
-                reread = await client.retrieve_batch(batch_id, timeout=left(), max_retries=0)
+                reread = await client.retrieve_batch(batch_id, timeout=left(), max_retries=retries)
             except Exception:
                 reread = None
         outcome = _after_error(batch_id, exc, reread)

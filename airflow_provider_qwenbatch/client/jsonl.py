@@ -8,7 +8,9 @@ rule. Rule codes mirror the server's where it has one (``url_not_found``,
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -55,6 +57,7 @@ class InputSummary:
     :param bytes: size in bytes.
     :param model: the one model every line uses.
     :param endpoint: the endpoint every line calls.
+    :param sha256: hex SHA-256 of the file's bytes, hashed in the same pass (the input fingerprint's base).
     """
 
     path: str
@@ -62,6 +65,32 @@ class InputSummary:
     bytes: int
     model: str | None
     endpoint: str
+    sha256: str = ""
+
+
+class _NonFinite(float):
+    """``NaN``/``Infinity`` as read from a file: JSON has no such numbers and the server rejects them."""
+
+
+def _parse_constant(name: str) -> float:
+    return _NonFinite(name)
+
+
+def _non_finite_path(value: Any, path: str) -> str | None:
+    """The dotted path of the first NaN/Infinity inside ``value``, or None."""
+    if isinstance(value, float) and (isinstance(value, _NonFinite) or not math.isfinite(value)):
+        return path
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = _non_finite_path(item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _non_finite_path(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
 
 
 class _Checker:
@@ -104,11 +133,27 @@ class _Checker:
             self.add(n, "empty_line", "blank line; every line must be one JSON request")
             return
         try:
-            obj = json.loads(text)
+            obj = json.loads(text, parse_constant=_parse_constant)
         except ValueError as exc:
             self.add(n, "invalid_json", f"not valid JSON: {exc}")
             return
+        # Python reads NaN/Infinity; the server does not. Only walk the line when one was read.
+        if ("NaN" in text or "Infinity" in text) and self.check_finite(n, obj):
+            return
         self.check_request(n, obj)
+
+    def check_finite(self, n: int, obj: Any) -> bool:
+        """Report a NaN/Infinity number (not valid JSON); returns whether one was found."""
+        path = _non_finite_path(obj, "")
+        if path is None:
+            return False
+        self.add(
+            n,
+            "invalid_number",
+            f"{path} is NaN or Infinity, which is not valid JSON and the server rejects it; use a number or null",
+            path,
+        )
+        return True
 
     def check_request(self, n: int, obj: Any) -> None:
         """Check one decoded request against the API's rules."""
@@ -214,17 +259,20 @@ def validate_jsonl_file(
         fh = open(local, "rb")  # noqa: SIM115 - closed below; a with-block would hide the OSError case
     except OSError as exc:
         raise InputValidationError(source, [ValidationProblem(None, "unreadable", str(exc))]) from None
+    # The file's SHA-256 is computed from the very bytes read for validation: no second pass.
+    digest = hashlib.sha256()
     with fh:
         n = 0
         while True:
             raw = fh.readline(limits.max_line_bytes + 2)
             if not raw:
                 break
+            digest.update(raw)
             n += 1
             checker.bytes += len(raw)
             if not raw.endswith(b"\n") and len(raw) > limits.max_line_bytes:
                 # Over-long line: skip the rest of it without holding it in memory.
-                extra = _skip_rest_of_line(fh)
+                extra = _skip_rest_of_line(fh, digest)
                 checker.bytes += extra
                 checker.add(
                     n, "line_too_large", f"line is {len(raw) + extra} bytes; at most {limits.max_line_bytes}"
@@ -238,34 +286,42 @@ def validate_jsonl_file(
                 )
                 checker.lines += 1
                 continue
-            if not line.strip() and _rest_is_blank(fh):
-                # Trailing blank lines at the end of a file are harmless (but still bytes of it).
-                checker.bytes = os.fstat(fh.fileno()).st_size
-                break
+            if not line.strip():
+                tail = _blank_rest(fh)
+                if tail is not None:
+                    # Trailing blank lines at the end of a file are harmless (but still bytes of it).
+                    for chunk in tail:
+                        digest.update(chunk)
+                    checker.bytes = os.fstat(fh.fileno()).st_size
+                    break
             checker.lines += 1
             checker.check_raw(n, line)
     checker.finish()
-    return InputSummary(source, checker.lines, checker.bytes, checker.model, endpoint)
+    return InputSummary(source, checker.lines, checker.bytes, checker.model, endpoint, digest.hexdigest())
 
 
-def _skip_rest_of_line(fh: IO[bytes]) -> int:
+def _skip_rest_of_line(fh: IO[bytes], digest: Any) -> int:
     skipped = 0
     while True:
         chunk = fh.readline(1024 * 1024)
+        digest.update(chunk)
         skipped += len(chunk)
         if not chunk or chunk.endswith(b"\n"):
             return skipped
 
 
-def _rest_is_blank(fh: IO[bytes]) -> bool:
+def _blank_rest(fh: IO[bytes]) -> list[bytes] | None:
+    """The rest of the file if it is all whitespace (then consumed), else None (position kept)."""
     pos = fh.tell()
+    chunks: list[bytes] = []
     while True:
         chunk = fh.read(64 * 1024)
         if not chunk:
-            return True
+            return chunks
         if chunk.strip():
             fh.seek(pos)
-            return False
+            return None
+        chunks.append(chunk)
 
 
 def write_jsonl(
@@ -290,6 +346,7 @@ def write_jsonl(
     """
     dest = Path(path)
     checker = _Checker(source or os.fspath(dest), endpoint, limits, unit="request")
+    digest = hashlib.sha256()
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with dest.open("wb") as out:
@@ -300,12 +357,16 @@ def write_jsonl(
                     obj.setdefault("url", endpoint)
                 checker.check_request(n, obj)
                 try:
-                    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+                    # allow_nan=False: Python would write NaN/Infinity, which the server rejects.
+                    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
+                        "utf-8"
+                    )
                 except UnicodeEncodeError as exc:
                     checker.add(n, "invalid_encoding", f"request is not valid UTF-8 text: {exc.reason}")
                     continue
                 except (TypeError, ValueError) as exc:
-                    checker.add(n, "invalid_json", f"request cannot be encoded as JSON: {exc}")
+                    if not (isinstance(exc, ValueError) and checker.check_finite(n, obj)):
+                        checker.add(n, "invalid_json", f"request cannot be encoded as JSON: {exc}")
                     continue
                 if len(data) > limits.max_line_bytes:
                     checker.add(
@@ -315,11 +376,14 @@ def write_jsonl(
                 checker.bytes += len(data) + 1
                 if not checker.problems:
                     out.write(data + b"\n")
+                    digest.update(data + b"\n")
         checker.finish()
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
-    return InputSummary(os.fspath(dest), checker.lines, checker.bytes, checker.model, endpoint)
+    return InputSummary(
+        os.fspath(dest), checker.lines, checker.bytes, checker.model, endpoint, digest.hexdigest()
+    )
 
 
 def warn_if_model_not_in_region(

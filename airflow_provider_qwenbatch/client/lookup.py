@@ -2,34 +2,63 @@
 
 from __future__ import annotations
 
-from airflow_provider_qwenbatch.client.identity import BatchTag, find_tags, run_tag
+from dataclasses import dataclass, field
+
+from airflow_provider_qwenbatch.client.identity import BatchTag, InputFingerprint, find_tags, run_tag
 from airflow_provider_qwenbatch.client.models import Batch
 from airflow_provider_qwenbatch.client.status import BatchStatus
 from airflow_provider_qwenbatch.client.sync import BatchClient
 
 
-def find_batch_for_task(client: BatchClient, tag: BatchTag, input_file_id: str | None = None) -> Batch | None:
-    """The newest batch an earlier try of this task instance created, unless it ended badly.
+@dataclass(frozen=True)
+class EarlierBatches:
+    """What earlier tries of one task instance left behind, and what a new try must do about it.
 
-    A batch that ``failed``, ``expired`` or was ``cancelled`` is not re-attached to: the retry
-    creates a new one. ``input_file_id`` narrows the server-side search when the input is a
-    fixed file id.
+    :param reattach: the batch to re-attach to (same input, still running or completed), if any.
+    :param to_cancel: batches still running from another input: cancel them before creating a new one.
+    """
+
+    reattach: Batch | None
+    to_cancel: list[Batch] = field(default_factory=list)
+
+
+def find_batch_for_task(
+    client: BatchClient,
+    tag: BatchTag,
+    fingerprint: InputFingerprint | None,
+) -> EarlierBatches:
+    """Find the batch an earlier try of this task instance created, and decide whether to re-attach.
+
+    Only the newest batch of the task instance may be re-attached to, and only when it was
+    created from the same input (``fingerprint``) and is running or ``completed``. It is not
+    when it ``failed``, ``expired``, was ``cancelled`` or is ``cancelling`` (``cancelled``
+    certainly follows: the new try creates a fresh batch at once instead of waiting for it).
+    Every other batch of the task instance still running (from other input) is returned in
+    ``to_cancel``: it would bill for results nobody will read. A batch being cancelled is not
+    in it (the cancel is under way). Batches tagged by the previous version of the provider
+    (no input part, shorter task part) are not found here.
 
     :param client: a sync client.
     :param tag: the task instance's tag.
-    :param input_file_id: the input file id, when it is known before uploading.
+    :param fingerprint: what the new try would create the batch from (``None``: unknown, never re-attach).
     """
-    file_ids = None
-    if input_file_id and not input_file_id.startswith(("http://", "https://", "oss:")):
-        file_ids = [input_file_id]
-    for batch in client.iter_batches(ds_name=tag.value, input_file_ids=file_ids):  # newest first
+    reattach: Batch | None = None
+    to_cancel: list[Batch] = []
+    newest = True
+    for batch in client.iter_batches(ds_name=tag.value):  # newest first
         ds_name = (batch.metadata or {}).get("ds_name")
-        if not tag.matches(ds_name if isinstance(ds_name, str) else None):
+        ds_name = ds_name if isinstance(ds_name, str) else None
+        if not tag.matches(ds_name):
             continue  # the server's filter is a substring match; check the exact tag
-        if batch.status.is_in_flight or batch.status.is_success:
-            return batch
-        return None  # the newest one ended badly: start afresh
-    return None
+        same_input = fingerprint is not None and tag.fingerprint_in(ds_name) == fingerprint
+        status = batch.status
+        running = status.is_in_flight and status is not BatchStatus.CANCELLING
+        if newest and same_input and (running or status.is_success):
+            reattach = batch
+        elif running:
+            to_cancel.append(batch)
+        newest = False
+    return EarlierBatches(reattach, to_cancel)
 
 
 def find_run_batches(

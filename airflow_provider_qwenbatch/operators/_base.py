@@ -11,8 +11,20 @@ from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
 from airflow_provider_qwenbatch.task_connection import QwenBatchConnectionMixin
 
 BATCH_ID_XCOM_KEY = "batch_id"
-# Cancel requests from a task's own failure path may wait a little longer than a kill path.
-CANCEL_BUDGET = 15.0
+# Cancels from a timeout, deadline or the cancel operator: no SIGKILL clock (unlike on_kill's 4 s),
+# so they may take longer and retry transient errors; a cancel that gives up leaves a batch billing.
+CANCEL_BUDGET = 30.0
+CANCEL_RETRIES = 3
+
+try:  # Airflow's own names for how a deferred task is resumed when its trigger did not fire
+    from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR as _FAIL
+    from airflow.sdk.bases.operator import TriggerFailureReason
+
+    TRIGGER_FAIL_REPR: str = _FAIL
+    TRIGGER_TIMEOUT: str = TriggerFailureReason.TRIGGER_TIMEOUT.value
+except ImportError:  # older task SDKs: the same values
+    TRIGGER_FAIL_REPR = "__fail__"
+    TRIGGER_TIMEOUT = "Trigger timeout"
 
 
 def default_deferrable() -> bool:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from airflow_provider_qwenbatch.client.endpoints import check_endpoint
-from airflow_provider_qwenbatch.client.identity import BatchTag
+from airflow_provider_qwenbatch.client.identity import BatchTag, InputFingerprint
 from airflow_provider_qwenbatch.client.window import parse_completion_window
 from airflow_provider_qwenbatch.exceptions import (
     BatchFailedError,
@@ -24,6 +24,9 @@ from airflow_provider_qwenbatch.links import CONSOLE_URL_XCOM_KEY, QwenBatchCons
 from airflow_provider_qwenbatch.operators._base import (
     BATCH_ID_XCOM_KEY,
     CANCEL_BUDGET,
+    CANCEL_RETRIES,
+    TRIGGER_FAIL_REPR,
+    TRIGGER_TIMEOUT,
     QwenBatchBaseOperator,
     default_deferrable,
     seconds,
@@ -33,9 +36,11 @@ from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_provider_qwenbatch.client.cancel import CancelOutcome
     from airflow_provider_qwenbatch.client.models import Batch, BatchCreateRequest
     from airflow_provider_qwenbatch.client.sync import BatchClient
     from airflow_provider_qwenbatch.inputs import PreparedInput
+    from airflow_provider_qwenbatch.lineage import Lineage
 
 # The client, the trigger and the input helpers are imported inside the methods that use them:
 # a DAG file that imports these operators is parsed often, and should not pay for them.
@@ -44,16 +49,21 @@ if TYPE_CHECKING:
 class SubmitBatchOperator(QwenBatchBaseOperator):
     """Submit a batch job to Qwen Cloud and (by default) wait for it, without a second paid batch on retry.
 
-    Input is exactly one of ``requests`` (a list of request dicts, e.g. from XCom),
-    ``input_path`` (a JSONL path or ObjectStoragePath URI) or ``input_file_id`` (already
-    uploaded, or an OSS URL). Files are validated in full before anything is uploaded.
+    Input is exactly one of ``requests`` (a list of request dicts, or the XComArg of a task
+    returning one), ``input_path`` (a JSONL path or ObjectStoragePath URI) or ``input_file_id``
+    (already uploaded, or an OSS URL). Files are validated in full before anything is uploaded.
+    ``requests`` is not templated: prompts reach the server byte for byte, ``{{ ... }}`` included.
 
-    The batch is tagged in ``metadata.ds_name`` with a hash of dag, run, task and map index;
-    a retry re-attaches to the batch of an earlier try (unless that one ended failed, expired
-    or cancelled). The batch id and console URL go to XCom as soon as the batch exists.
+    The batch is tagged in ``metadata.ds_name`` with a hash of dag, run, task and map index and
+    a fingerprint of its input (content hash, endpoint, completion window, model; or the given
+    file id). A retry or clear re-attaches to the batch of an earlier try when the input is the
+    same and that batch is running or completed; otherwise it creates a new one, cancelling an
+    earlier one still running from other input. The batch id and console URL go to XCom as soon
+    as the batch exists.
 
     :param endpoint: ``/v1/chat/completions``, ``/v1/embeddings`` or ``/v1/chat/ds-test``.
-    :param requests: request dicts ``{custom_id, body}`` (``method``/``url`` default to POST/endpoint).
+    :param requests: request dicts ``{custom_id, body}`` (``method``/``url`` default to POST/endpoint),
+        or an XComArg resolving to them; never Jinja-rendered.
     :param input_path: JSONL file: local path, ``file://``, ``s3://``, ``oss://``...
     :param input_file_id: an uploaded file id, OSS presigned URL or ``oss:{region}:{bucket}/{path}``.
     :param input_conn_id: Airflow Connection of the object store holding ``input_path``.
@@ -65,12 +75,12 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
     :param poll_interval: seconds between status reads (default 60, the API's guidance).
     :param timeout: cancel the batch and fail when it runs longer than this (seconds or timedelta).
     :param cancel_on_kill: cancel the batch when the task is killed (default True).
-    :param reattach: on a retry, re-attach to the batch of an earlier try (default True).
+    :param reattach: on a retry or clear, re-attach to the batch of an earlier try of the same input (default True).
     :param delete_input_file: delete the uploaded input file once the batch ends (quota: 10,000 files).
     """
 
+    # Not "requests": every string in it would go through Jinja (prompts changed, secrets pulled in).
     template_fields: Sequence[str] = (
-        "requests",
         "input_path",
         "input_file_id",
         "endpoint",
@@ -128,6 +138,7 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
         self.reattach = reattach
         self.delete_input_file = delete_input_file
         self.batch_id: str | None = None
+        self._done: Batch | None = None
         self._killed = False
         if "{{" not in completion_window:
             self._check_window()
@@ -143,6 +154,12 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
                 "only be deleted once the batch has ended, and with wait_for_completion=False nothing waits "
                 "for that (delete it later with the client's delete_file, or wait in this task)"
             )
+        from airflow.sdk import XComArg
+
+        # Airflow links XComArgs of template fields only; requests is not one (see template_fields).
+        # An operator unmapped from a MappedOperator at run time has its links already.
+        if isinstance(requests, XComArg) and not getattr(self, "_BaseOperator__from_mapped", False):
+            XComArg.apply_upstream_relationship(self, requests)
 
     # ---- checks before anything is uploaded -----------------------------------------------
 
@@ -152,7 +169,9 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
         except ValueError as exc:
             raise BatchInputError(f"{self.task_id}: {exc}") from None
 
-    def _create_request(self, tag: BatchTag, input_file_id: str) -> BatchCreateRequest:
+    def _create_request(
+        self, tag: BatchTag, input_file_id: str, fingerprint: InputFingerprint | None = None
+    ) -> BatchCreateRequest:
         from airflow_provider_qwenbatch.client.models import BatchCreateRequest
 
         if self.metadata is not None and not isinstance(self.metadata, Mapping):
@@ -167,7 +186,7 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
                 f"{self.task_id}: invalid batch parameters: metadata.ds_name must be a string, "
                 f"got {type(user_name).__name__}"
             )
-        metadata["ds_name"] = tag.ds_name(user_name)
+        metadata["ds_name"] = tag.ds_name(user_name, fingerprint=fingerprint)
         try:
             return BatchCreateRequest(
                 input_file_id=input_file_id,
@@ -182,20 +201,38 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
             )
             raise BatchInputError(f"{self.task_id}: invalid batch parameters: {problems}") from None
 
-    def _prepare_input(self) -> PreparedInput | None:
+    def _resolved_requests(self, context: Context) -> Sequence[Mapping[str, Any]] | None:
+        from airflow.sdk import XComArg
+
+        requests: Any = self.requests
+        if isinstance(requests, XComArg):
+            requests = requests.resolve(context)
+        if requests is not None and (
+            isinstance(requests, (str, bytes)) or not isinstance(requests, Sequence)
+        ):
+            raise BatchInputError(
+                f"{self.task_id}: requests must be a list of request dicts (or the XComArg of a task "
+                f"returning one), got {type(requests).__name__}; requests is not templated"
+            )
+        return requests
+
+    def _prepare_input(self, requests: Sequence[Mapping[str, Any]] | None) -> PreparedInput | None:
         from airflow_provider_qwenbatch.inputs import prepare_path, prepare_requests
 
         with as_airflow_errors():
-            if self.requests is not None:
-                if isinstance(self.requests, str):
-                    raise BatchInputError(
-                        f"{self.task_id}: requests rendered to a string, not a list; use render_template_as_native_obj=True "
-                        "on the DAG or pass the XComArg itself"
-                    )
-                return prepare_requests(self.requests, self.endpoint)
+            if requests is not None:
+                return prepare_requests(requests, self.endpoint)
             if self.input_path is not None:
                 return prepare_path(self.input_path, self.endpoint, self.input_conn_id)
         return None
+
+    def _fingerprint(self, prepared: PreparedInput | None) -> InputFingerprint:
+        if prepared is not None:
+            return prepared.fingerprint(self.completion_window)
+        assert self.input_file_id is not None
+        return InputFingerprint.of_file_id(
+            self.input_file_id, endpoint=self.endpoint, completion_window=self.completion_window
+        )
 
     # ---- execute --------------------------------------------------------------------------
 
@@ -206,15 +243,22 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
 
         started = time.monotonic()
         ti = context["ti"]
-        tag = BatchTag(ti.dag_id, ti.run_id, ti.task_id, ti.map_index if ti.map_index is not None else -1)
+        tag = _tag_of(ti)
         self._check_window()
         # Metadata and endpoint checked with a placeholder id: nothing is uploaded before they pass.
         self._create_request(tag, self.input_file_id or "file-placeholder")
+        # Validated (and hashed, in the same pass) before any request: the fingerprint decides re-attach.
+        prepared = self._prepare_input(self._resolved_requests(context))
         client = self._client()
         with client, as_airflow_errors():
-            batch = self._find_earlier(client, tag, ti.try_number)
-            if batch is None:
-                batch = self._submit(client, tag)
+            try:
+                fingerprint = self._fingerprint(prepared)
+                batch = self._find_earlier(client, tag, ti.try_number, fingerprint)
+                if batch is None:
+                    batch = self._submit(client, tag, prepared, fingerprint)
+            finally:
+                if prepared is not None:
+                    prepared.discard()
             self.batch_id = batch.id
             self._publish(context, batch)
             if self._killed and self.cancel_on_kill:
@@ -249,52 +293,87 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
         left = self.execution_timeout - timedelta(seconds=time.monotonic() - started)
         return max(left, timedelta(0))
 
-    def _find_earlier(self, client: BatchClient, tag: BatchTag, try_number: int | None) -> Batch | None:
+    def _find_earlier(
+        self, client: BatchClient, tag: BatchTag, try_number: int | None, fingerprint: InputFingerprint
+    ) -> Batch | None:
+        # Try 1 of a task instance has no earlier try (a clear increments try_number in Airflow 3).
         if not self.reattach or (try_number or 1) <= 1:
             return None
         from airflow_provider_qwenbatch.client.lookup import find_batch_for_task
 
-        batch = find_batch_for_task(client, tag, self.input_file_id)
+        earlier = find_batch_for_task(client, tag, fingerprint)
+        for stale in earlier.to_cancel:
+            # Still billing for input that is no longer this task's: nobody will read its results.
+            self.log.warning(
+                "Try %s: batch %s (%s) of an earlier try was created from other input; cancelling it",
+                try_number,
+                stale.id,
+                stale.status.value,
+            )
+            self._cancel(client, stale.id)
+        batch = earlier.reattach
         if batch is not None:
             self.log.info(
-                "Try %s re-attaches to batch %s (%s) created by an earlier try; no new batch is created",
+                "Try %s re-attaches to batch %s (%s) created by an earlier try from the same input; "
+                "no new batch is created",
                 try_number,
                 batch.id,
                 batch.status.value,
             )
         return batch
 
-    def _submit(self, client: BatchClient, tag: BatchTag) -> Batch:
-        prepared = self._prepare_input()
-        try:
-            if prepared is not None:
-                s = prepared.summary
-                self.log.info(
-                    "Input valid: %d requests, %d bytes, model %s; uploading",
-                    s.lines,
-                    s.bytes,
-                    s.model or "?",
-                )
-                uploaded = client.upload_file(prepared.path)
-                input_file_id = uploaded.id
-                self.log.info(
-                    "Uploaded input file %s (x-request-id=%s)", input_file_id, uploaded.x_request_id
-                )
-            else:
-                assert self.input_file_id is not None
-                input_file_id = self.input_file_id
-        finally:
-            if prepared is not None:
-                prepared.discard()
-        request = self._create_request(tag, input_file_id)
+    def _cancel(self, client: BatchClient, batch_id: str) -> CancelOutcome:
+        """Cancel from a timeout or deadline path: no SIGKILL clock, so a longer budget and retries."""
+        from airflow_provider_qwenbatch.client.cancel import cancel_quietly
+
+        return cancel_quietly(client, batch_id, budget=CANCEL_BUDGET, retries=CANCEL_RETRIES, logger=self.log)
+
+    def _check_killed(self, uploaded_file_id: str | None, client: BatchClient) -> None:
+        if not self._killed:
+            return
+        if uploaded_file_id is not None:
+            try:  # the quota holds 10,000 files and they never expire
+                client.delete_file(uploaded_file_id)
+                self.log.info("Killed: deleted the uploaded input file %s", uploaded_file_id)
+            except Exception as exc:
+                self.log.warning("Killed: could not delete input file %s: %s", uploaded_file_id, exc)
+        raise QwenBatchAirflowError(f"{self.task_id}: killed before the batch was created; no batch created")
+
+    def _submit(
+        self,
+        client: BatchClient,
+        tag: BatchTag,
+        prepared: PreparedInput | None,
+        fingerprint: InputFingerprint,
+    ) -> Batch:
+        self._check_killed(None, client)
+        uploaded_id: str | None = None
+        if prepared is not None:
+            s = prepared.summary
+            self.log.info(
+                "Input valid: %d requests, %d bytes, model %s; uploading", s.lines, s.bytes, s.model or "?"
+            )
+            from airflow_provider_qwenbatch.client.jsonl import warn_if_model_not_in_region
+
+            warn_if_model_not_in_region(s, self._resolve_settings().base_url, self.log)
+            uploaded = client.upload_file(prepared.path)
+            uploaded_id = input_file_id = uploaded.id
+            self.log.info("Uploaded input file %s (x-request-id=%s)", input_file_id, uploaded.x_request_id)
+        else:
+            assert self.input_file_id is not None
+            input_file_id = self.input_file_id
+        # Killed during the upload: on_kill had no batch to cancel, so none may be created now.
+        self._check_killed(uploaded_id, client)
+        request = self._create_request(tag, input_file_id, fingerprint)
         batch = client.create_batch(
             request.input_file_id, request.endpoint, request.completion_window, request.metadata
         )
         self.log.info(
-            "Created batch %s (%s, tag %s, x-request-id=%s)",
+            "Created batch %s (%s, tag %s, input %s, x-request-id=%s)",
             batch.id,
             batch.status.value,
             tag.value,
+            fingerprint.value,
             batch.x_request_id,
         )
         return batch
@@ -310,8 +389,6 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
         ti.xcom_push(key=CONSOLE_URL_XCOM_KEY, value=self._console_url(batch.id))
 
     def _wait(self, client: BatchClient, batch: Batch, deadline: float | None) -> Batch:
-        from airflow_provider_qwenbatch.client.cancel import cancel_quietly
-
         progress = ProgressReporter(self.log)
         progress.update(batch)
         while not batch.status.is_terminal:
@@ -319,7 +396,7 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
             if deadline is not None:
                 left = deadline - time.time()
                 if left <= 0:
-                    outcome = cancel_quietly(client, batch.id, budget=CANCEL_BUDGET, logger=self.log)
+                    outcome = self._cancel(client, batch.id)
                     raise BatchTimeoutError(
                         f"{self.task_id}: batch {batch.id} still {batch.status.value} after the timeout of "
                         f"{self.timeout:.0f}s; cancel: {outcome.action.value} (x-request-id={outcome.request_id or 'none'})"
@@ -337,10 +414,27 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
                 self.log.info("Deleted input file %s", batch.input_file_id)
             except Exception as exc:  # the batch's result matters more than the quota
                 self.log.warning("Could not delete input file %s: %s", batch.input_file_id, exc)
+        self._done = batch
         if not batch.status.is_success:
             raise BatchFailedError(describe_end(batch), batch.id, batch.status.value)
         self.log.info(describe_end(batch))
         return batch_summary(batch, console_url=self._console_url(batch.id))
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Lineage:
+        """OpenLineage facets: the input (path or file) in, the batch's result files out.
+
+        :param task_instance: the finished task instance (unused: the operator kept what it did).
+        """
+        from airflow_provider_qwenbatch.lineage import submit_lineage
+
+        done = self._done
+        return submit_lineage(
+            base_url=self._settings.base_url if self._settings else "",
+            batch_id=self.batch_id,
+            input_path=self.input_path if isinstance(self.input_path, str) else None,
+            input_file_id=done.input_file_id if done else self.input_file_id,
+            result_file_ids=[done.output_file_id, done.error_file_id] if done else [],
+        )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: validate its event, then finish like the worker path."""
@@ -358,13 +452,46 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
             return self._finish(client, client.retrieve_batch(payload.batch_id))
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
-        """When the trigger failed or timed out (``execution_timeout`` while deferred), cancel the batch first."""
-        if next_method == "__fail__" and self.cancel_on_kill:
-            batch_id = context["ti"].xcom_pull(task_ids=context["ti"].task_id, key=BATCH_ID_XCOM_KEY)
-            if isinstance(batch_id, str):
-                self._resolve_settings()  # the kill-path client is built from them
-                self._cancel_on_kill(batch_id)
+        """After a deferral timeout (``execution_timeout`` while deferred), cancel the batch first.
+
+        Airflow skips the trigger's ``on_kill`` on a deferral timeout, so this is the only place
+        that can. A trigger that crashed or could not be loaded (``Trigger failure``) is not an
+        abort: the batch is left running and a retry re-attaches to it instead of paying again.
+        """
+        if next_method == TRIGGER_FAIL_REPR and self.cancel_on_kill:
+            error = (next_kwargs or {}).get("error")
+            if error == TRIGGER_TIMEOUT:
+                self._cancel_own_batch(context)
+            else:
+                self.log.warning(
+                    "The trigger failed (%s); the batch is left running: a retry re-attaches to it", error
+                )
         return super().resume_execution(next_method, next_kwargs, context)
+
+    def _cancel_own_batch(self, context: Context) -> None:
+        ti = context["ti"]
+        # map_indexes: without it a mapped task's pull returns every map index's batch ids.
+        map_index = ti.map_index if ti.map_index is not None else -1
+        batch_id = ti.xcom_pull(task_ids=ti.task_id, key=BATCH_ID_XCOM_KEY, map_indexes=map_index)
+        client = self._client()
+        with client:
+            if isinstance(batch_id, str):
+                self._cancel(client, batch_id)
+                return
+            # No XCom (e.g. cleared meanwhile): the tag names this task instance's own batches only.
+            from airflow_provider_qwenbatch.client.lookup import find_batch_for_task
+
+            try:
+                running = find_batch_for_task(client, _tag_of(ti), None).to_cancel
+            except (
+                Exception
+            ) as exc:  # the task fails with the timeout either way; say why nothing was cancelled
+                self.log.warning("Could not look up this task's batch to cancel it: %s", exc)
+                return
+            if not running:
+                self.log.info("Deferral timed out; no running batch of this task instance to cancel")
+            for batch in running:
+                self._cancel(client, batch.id)
 
     def on_kill(self) -> None:
         """Cancel the batch quietly (well under the 5 s before SIGKILL).
@@ -375,3 +502,7 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
         self._killed = True
         if self.cancel_on_kill:
             self._cancel_on_kill(self.batch_id)
+
+
+def _tag_of(ti: Any) -> BatchTag:
+    return BatchTag(ti.dag_id, ti.run_id, ti.task_id, ti.map_index if ti.map_index is not None else -1)

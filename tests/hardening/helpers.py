@@ -10,25 +10,14 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_qwenbatch.emulator.server import EmulatorHandle
+from tests.integration.helpers import StubTI as _CheckedStubTI
 
 
-class StubTI:
-    """The few task-instance fields and XCom calls the operators use (not the class under test)."""
+class StubTI(_CheckedStubTI):
+    """The integration tests' checked stand-in for ``RuntimeTaskInstance`` (XCom as Airflow answers it)."""
 
     def __init__(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, try_number: int = 1):
-        self.dag_id = dag_id
-        self.run_id = run_id
-        self.task_id = task_id
-        self.map_index = map_index
-        self.try_number = try_number
-        self.xcom: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        json.dumps(value)  # XCom carries JSON only
-        self.xcom[key] = value
-
-    def xcom_pull(self, task_ids: Any = None, key: str = "return_value", **_: Any) -> Any:
-        return self.xcom.get(key)
+        super().__init__(dag_id, run_id, task_id, try_number, map_index=map_index)
 
 
 def context(ti: StubTI) -> dict[str, Any]:

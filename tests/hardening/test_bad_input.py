@@ -268,7 +268,7 @@ FILE_CASES: list[tuple[str, Callable[[Path], dict[str, Any]], list[str]]] = [
     (
         "requests-rendered-to-string",
         requests_list("[{'custom_id': 'a'}]"),
-        ["rendered to a string", "render_template_as_native_obj"],
+        ["requests must be a list of request dicts", "got str", "not templated"],
     ),
     (
         "ds-description-too-long",
@@ -384,7 +384,7 @@ def test_long_user_ds_name_is_shortened_not_refused(emulator: EmulatorHandle) ->
     ds_name = entry["batch"]["metadata"]["ds_name"]
     assert entry["batch"]["id"] == summary["batch_id"]
     assert len(ds_name) <= 100
-    assert ds_name.startswith("n" * 50)
+    assert ds_name.startswith("n" * 45 + "…")  # 100 minus the 53-character tag with its input part
     assert BatchTag("hardening_bad_input", "run-1", "submit").matches(ds_name)
 
 

@@ -3,6 +3,7 @@ and the console link when a submit fails before any batch exists."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -138,6 +139,28 @@ def test_openlineage_facets_name_remote_files_in_and_stored_files_out(
     }
     facet = lineage.run_facets["externalQuery"]
     assert facet.externalQueryId == finished_batch["batch_id"]
+
+
+def test_submit_operator_lineage_names_its_input_file_and_the_batch_results(
+    emulator: EmulatorHandle, finished_batch: dict[str, Any], tmp_path: Path
+) -> None:
+    pytest.importorskip("airflow.providers.openlineage")
+    from airflow.providers.openlineage.extractors.base import DefaultExtractor
+
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in chat_requests(3)))
+    op = SubmitBatchOperator(task_id="submit", input_path=str(path), poll_interval=0.2)
+    result = op.execute(context_for(StubTI(task_id="submit_lineage")))
+    lineage = DefaultExtractor(op).extract_on_complete(None)  # type: ignore[arg-type]
+    assert lineage is not None
+    host = emulator.base_url.split("://", 1)[1].split("/", 1)[0]
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [("file", str(path))]
+    results = [result["output_file_id"], result["error_file_id"]]
+    assert result["output_file_id"]
+    assert [(d.namespace, d.name) for d in lineage.outputs] == [
+        (f"dashscope://{host}", f"files/{f}") for f in results if f
+    ]
+    assert lineage.run_facets["externalQuery"].externalQueryId == result["batch_id"]
 
 
 def test_submit_lineage_builder_input_path_and_result_files(tmp_path: Path) -> None:

@@ -301,3 +301,33 @@ def _collect_error(errors: list[BaseException], fn: Any, *args: Any) -> None:
         fn(*args)
     except BaseException as exc:  # the test asserts on what execute raised
         errors.append(exc)
+
+
+def test_cancel_operator_fails_on_an_id_that_does_not_exist(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    from airflow_provider_qwenbatch.exceptions import BatchNotFoundError
+
+    emulator.set_config(lines_per_second=20.0)
+    running = create_batch(emulator, tmp_path, 1000)
+    typo = "batch_00000000-0000-0000-0000-00000000dead"
+    op = CancelBatchOperator(task_id="cancel", batch_ids=[typo, running.id], fail_on_error=False)
+    with pytest.raises(BatchNotFoundError, match=rf"no such batch: {typo} \(x-request-id="):
+        op.execute({})
+    # The other id was still handled.
+    assert len(emulator.requests(endpoint="cancel_batch", batch_id=running.id)) == 1
+
+
+def test_cancel_operator_logs_progress_and_accepts_a_batch_already_cancelling(
+    emulator: EmulatorHandle, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    emulator.set_config(lines_per_second=20.0, cancel_delay=5.0)  # `cancelling` lasts a while, as live
+    batch = create_batch(emulator, tmp_path, 1000)
+    with BatchClient(emulator.api_key, emulator.base_url) as client:
+        client.cancel_batch(batch.id)  # someone else cancelled first
+    result = CancelBatchOperator(task_id="cancel", batch_ids=batch.id, wait_for_termination=True).execute({})
+    assert result == {batch.id: "cancelled"}
+    assert len(emulator.requests(endpoint="cancel_batch", batch_id=batch.id)) == 1  # not cancelled twice
+    out = capfd.readouterr()
+    waiting = [x for x in (out.out + out.err).splitlines() if "batches terminal after" in x]
+    assert waiting and f"{batch.id} cancelling" in waiting[0]
+    # The default poll backs off (2 s, 4 s, ...): a few reads over ~5 s, not one a second.
+    assert len(emulator.requests(endpoint="get_batch", batch_id=batch.id)) <= 5

@@ -254,3 +254,53 @@ async def test_cancelling_batch_is_not_cancelled_twice(make_api: MakeApi) -> Non
     assert outcome.ok
     assert outcome.status is not None
     assert outcome.status.value == "cancelling"
+
+
+async def test_cancel_refused_because_the_batch_is_already_cancelling_is_success(
+    make_api: MakeApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused = json_response(
+        400,
+        {
+            "error": {
+                "message": "batch is cancelling",
+                "type": "invalid_request_error",
+                "code": "invalid_status",
+            }
+        },
+        {"x-request-id": "rid-refused"},
+    )
+    # Read before the cancel shows it running; someone else's cancel lands first; the re-read says cancelling.
+    router = (
+        Router()
+        .add("GET", BATCH, batch_with("in_progress", "rid-read-1"), batch_with("cancelling", "rid-read-2"))
+        .add("POST", CANCEL, refused)
+    )
+    outcome = await cancel(make_api(router))
+    assert outcome.action is CancelAction.ALREADY_TERMINAL
+    assert outcome.status is not None and outcome.status.value == "cancelling"
+    assert outcome.ok
+    assert "already being cancelled" in outcome_lines(caplog)[0]
+
+
+async def test_retries_are_used_only_when_asked(make_api: MakeApi) -> None:
+    async def run(retries: int) -> tuple[CancelOutcome, int]:
+        unavailable = json_response(
+            503, {"code": "ServiceUnavailable", "message": "busy"}, {"x-request-id": "r"}
+        )
+        router = (
+            Router()
+            .add("GET", BATCH, batch_with("in_progress", "rid-read"))
+            .add("POST", CANCEL, unavailable, recorded("cancel-batch"))
+        )
+        api = make_api(router)
+        if api.kind == "sync":
+            outcome = cancel_quietly(api.client, BATCH_ID, budget=10.0, retries=retries)
+        else:
+            outcome = await acancel_quietly(api.client, BATCH_ID, budget=10.0, retries=retries)
+        return outcome, len(router.seen("POST", CANCEL))
+
+    kill_path, sent = await run(0)  # the kill path: one attempt, nothing past the 4 s budget
+    assert (kill_path.action, sent) == (CancelAction.FAILED, 1)
+    timeout_path, sent = await run(2)
+    assert (timeout_path.action, sent) == (CancelAction.REQUESTED, 2)

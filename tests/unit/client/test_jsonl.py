@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -64,7 +65,8 @@ def problem(
 def test_valid_file_gives_its_summary(tmp_path: Path) -> None:
     path = write(tmp_path, *(line(req(str(i))) for i in range(1, 6)))
     summary = validate_jsonl_file(path, CHAT)
-    assert summary == InputSummary(str(path), 5, path.stat().st_size, MODEL, CHAT)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert summary == InputSummary(str(path), 5, path.stat().st_size, MODEL, CHAT, sha)
 
 
 def test_valid_file_with_crlf_and_no_final_newline(tmp_path: Path) -> None:
@@ -426,3 +428,32 @@ def test_write_jsonl_unencodable_text_is_an_encoding_problem(tmp_path: Path) -> 
     assert info.value.first.line == 2
     assert info.value.first.rule == "invalid_encoding"
     assert not path.exists()
+
+
+# ---- NaN / Infinity: Python reads and writes them, JSON (and the server) has no such numbers ----
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_or_infinity_in_a_file_names_line_and_field(tmp_path: Path, constant: str) -> None:
+    bad = line(req("2")).replace(b'"body": {', f'"body": {{"temperature": {constant}, '.encode())
+    path = write(tmp_path, line(req("1")), bad)
+    err = problem(path, rule="invalid_number", line_no=2)
+    assert err.problems[0].field == "body.temperature"
+    assert "field 'body.temperature'" in str(err)
+
+
+def test_nan_inside_a_prompt_text_is_fine(tmp_path: Path) -> None:
+    path = write(tmp_path, line(req("1", content="NaN and Infinity are words here")))
+    assert validate_jsonl_file(path, CHAT).lines == 1
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_nan_or_infinity_in_request_dicts_is_rejected_with_field(tmp_path: Path, value: float) -> None:
+    rows = [req("1"), req("2", temperature=0.5)]
+    rows[1]["body"]["messages"].append({"role": "user", "content": "x", "weight": value})
+    with pytest.raises(InputValidationError) as info:
+        write_jsonl(rows, tmp_path / "out.jsonl", CHAT, source="requests")
+    (p,) = info.value.problems
+    assert (p.line, p.rule, p.field) == (2, "invalid_number", "body.messages[1].weight")
+    assert "requests:2: [invalid_number] field 'body.messages[1].weight'" in str(info.value)
+    assert not (tmp_path / "out.jsonl").exists()

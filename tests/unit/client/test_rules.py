@@ -50,10 +50,10 @@ def test_out_of_range_windows_say_the_range(value: str) -> None:
 TAG = BatchTag("etl_daily", "scheduled__2026-04-17T00:00:00+00:00", "submit_batch", -1)
 
 
-def test_tag_is_deterministic_and_24_chars() -> None:
+def test_tag_is_deterministic_and_36_chars() -> None:
     again = BatchTag("etl_daily", "scheduled__2026-04-17T00:00:00+00:00", "submit_batch", -1)
     assert TAG.value == again.value
-    assert len(TAG.value) == 24
+    assert len(TAG.value) == 36  # af- + 12 hex run part + - + 20 hex task part
     assert TAG.value.startswith("af-")
     assert find_tags(TAG.value) == [TAG.value]
 
