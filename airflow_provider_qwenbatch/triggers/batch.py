@@ -237,14 +237,17 @@ class BatchStatusTrigger(BaseTrigger):
                 await self._kill(exc.args[0] if exc.args else None)
             raise
 
-    async def _kill(self, marker: object) -> CancelOutcome | None:
-        """Decide whether the task was killed and cancel if so: one referenced task, awaited shielded."""
+    async def _kill(self, marker: object) -> None:
+        """Decide whether the task was killed and cancel if so, in one referenced task; wait for it a while."""
         if self._kill_task is None:
             self._kill_task = asyncio.get_running_loop().create_task(self._decide_and_cancel(marker))
             _PENDING_KILLS.add(self._kill_task)
             self._kill_task.add_done_callback(self._after_kill)
-        # Shielded: the triggerer cancelling on_kill again must not cancel the decision or request.
-        return await asyncio.shield(self._kill_task)
+        try:
+            # Shielded: the triggerer cancelling on_kill again must not cancel the decision or request.
+            await asyncio.wait_for(asyncio.shield(self._kill_task), ON_KILL_WAIT)
+        except TimeoutError:
+            self.log.info("Kill of batch %s still being decided in the background", self.batch_id)
 
     async def _decide_and_cancel(self, marker: object) -> CancelOutcome | None:
         what = f"batch {self.batch_id}"
@@ -294,10 +297,7 @@ class BatchStatusTrigger(BaseTrigger):
         if not self.cancel_on_kill:
             self.log.info("Task killed; batch %s left running (cancel_on_kill=False)", self.batch_id)
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._kill(USER_ACTION_MARKER)), ON_KILL_WAIT)
-        except TimeoutError:
-            self.log.info("Kill of batch %s still being decided in the background", self.batch_id)
+        await self._kill(USER_ACTION_MARKER)
 
     async def cleanup(self) -> None:
         """Release the client; never cancels the batch (cleanup also runs on a triggerer restart)."""
