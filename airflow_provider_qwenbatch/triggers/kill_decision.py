@@ -145,7 +145,8 @@ def decide_from_state(ti: TaskInstanceRef, state: str | None) -> KillDecision:
     if state == "deferred":
         return KillDecision(
             Verdict.NOT_A_KILL,
-            f"task instance {ti} is still deferred: its trigger was reassigned to another triggerer",
+            f"task instance {ti} is still deferred: its trigger was reassigned to another triggerer"
+            " (or this triggerer is stopping)",
         )
     shown = "gone or without a state (cleared or deleted)" if state is None else state
     return KillDecision(Verdict.USER_KILL, f"task instance {ti} is {shown}")

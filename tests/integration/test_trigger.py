@@ -155,6 +155,22 @@ async def test_restart_does_not_cancel(emulator: EmulatorHandle, long_batch: str
     assert status_of(emulator, long_batch) in ("validating", "in_progress")
 
 
+async def test_restart_of_a_killed_task_still_does_not_cancel(
+    emulator: EmulatorHandle, long_batch: str
+) -> None:
+    """No marker, no kill: even a state that says the task left DEFERRED is not asked for."""
+    ti = task_instance()
+    async with supervisor_for(ti, state="failed") as supervisor:
+        harness = RunnerHarness(BatchStatusTrigger(batch_id=long_batch, poll_interval=0.2), ti)
+        await _until(lambda: _polled(emulator, long_batch), what="the trigger's first poll")
+        await _until(lambda: supervisor.state_requests(), what="the warm-up request")
+        harness.task.cancel()  # a triggerer shutdown
+        await harness.finished()
+        await asyncio.sleep(0.5)
+        assert len(supervisor.state_requests()) == 1  # the warm-up only
+    assert emulator.requests(endpoint="cancel_batch", batch_id=long_batch) == []
+
+
 async def test_kill_with_slow_server_still_cancels_despite_recancellation(
     emulator: EmulatorHandle, long_batch: str
 ) -> None:
