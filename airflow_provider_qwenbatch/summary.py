@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from airflow_provider_qwenbatch.client.cancel import CancelOutcome
     from airflow_provider_qwenbatch.client.logs import LoggerLike
     from airflow_provider_qwenbatch.client.models import Batch, RequestCounts
 
@@ -72,3 +73,17 @@ class ProgressReporter:
         self._last = key
         self.logger.info("Batch %s %s: %s", batch.id, batch.status.value, batch.counts.progress())
         return True
+
+
+def describe_timeout(batch: Batch, timeout: float | None, outcome: CancelOutcome) -> str:
+    """The one message of a batch cancelled at its timeout, in the worker and in the triggerer alike.
+
+    :param batch: the batch as last read.
+    :param timeout: the operator's ``timeout`` in seconds (``None`` if unknown).
+    :param outcome: what the cancel did.
+    """
+    after = f"after the timeout of {timeout:.0f}s" if timeout is not None else "at its deadline"
+    return (
+        f"batch {batch.id} still {batch.status.value} {after}; cancel: {outcome.action.value} "
+        f"(x-request-id={outcome.request_id or 'none'})"
+    )

@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 # A kill path has about 5 s before Airflow SIGKILLs the worker: two requests must fit.
 DEFAULT_KILL_BUDGET = 4.0
+# Cancels from a timeout, a deadline or the cancel operator: no SIGKILL clock (unlike a kill
+# path), so they may take longer and retry transient errors; a cancel that gives up leaves a
+# batch billing.
+UNHURRIED_BUDGET = 30.0
+UNHURRIED_RETRIES = 3
 
 
 class CancelAction(str, Enum):

@@ -11,10 +11,6 @@ from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
 from airflow_provider_qwenbatch.task_connection import QwenBatchConnectionMixin
 
 BATCH_ID_XCOM_KEY = "batch_id"
-# Cancels from a timeout, deadline or the cancel operator: no SIGKILL clock (unlike on_kill's 4 s),
-# so they may take longer and retry transient errors; a cancel that gives up leaves a batch billing.
-CANCEL_BUDGET = 30.0
-CANCEL_RETRIES = 3
 
 try:  # Airflow's own names for how a deferred task is resumed when its trigger did not fire
     from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR as _FAIL

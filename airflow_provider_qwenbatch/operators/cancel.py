@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_qwenbatch.exceptions import BatchNotFoundError, QwenBatchAirflowError, as_airflow_errors
 from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
-from airflow_provider_qwenbatch.operators._base import CANCEL_BUDGET, CANCEL_RETRIES, QwenBatchBaseOperator
+from airflow_provider_qwenbatch.operators._base import QwenBatchBaseOperator
 
 # ``cancelled`` follows ``cancelling`` within a second or two on the emulator and tens of seconds
 # live: poll often at first, then back off to a rate the live service's guidance is happy with.
@@ -65,7 +65,12 @@ class CancelBatchOperator(QwenBatchBaseOperator):
 
     def execute(self, context: Context) -> dict[str, str | None]:
         """Cancel each batch quietly, then optionally wait for each to be terminal."""
-        from airflow_provider_qwenbatch.client.cancel import CancelAction, cancel_quietly
+        from airflow_provider_qwenbatch.client.cancel import (
+            UNHURRIED_BUDGET,
+            UNHURRIED_RETRIES,
+            CancelAction,
+            cancel_quietly,
+        )
 
         ids = self._ids()
         client = self._client()
@@ -76,7 +81,7 @@ class CancelBatchOperator(QwenBatchBaseOperator):
         with client, as_airflow_errors():
             for n, batch_id in enumerate(ids, start=1):
                 outcome = cancel_quietly(
-                    client, batch_id, budget=CANCEL_BUDGET, retries=CANCEL_RETRIES, logger=self.log
+                    client, batch_id, budget=UNHURRIED_BUDGET, retries=UNHURRIED_RETRIES, logger=self.log
                 )
                 results[batch_id] = outcome.status.value if outcome.status else None
                 if outcome.action is CancelAction.NOT_FOUND:

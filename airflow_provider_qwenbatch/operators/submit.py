@@ -23,15 +23,13 @@ from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
 from airflow_provider_qwenbatch.links import CONSOLE_URL_XCOM_KEY, QwenBatchConsoleLink
 from airflow_provider_qwenbatch.operators._base import (
     BATCH_ID_XCOM_KEY,
-    CANCEL_BUDGET,
-    CANCEL_RETRIES,
     TRIGGER_FAIL_REPR,
     TRIGGER_TIMEOUT,
     QwenBatchBaseOperator,
     default_deferrable,
     seconds,
 )
-from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, describe_end
+from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, describe_end, describe_timeout
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -324,9 +322,15 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
 
     def _cancel(self, client: BatchClient, batch_id: str) -> CancelOutcome:
         """Cancel from a timeout or deadline path: no SIGKILL clock, so a longer budget and retries."""
-        from airflow_provider_qwenbatch.client.cancel import cancel_quietly
+        from airflow_provider_qwenbatch.client.cancel import (
+            UNHURRIED_BUDGET,
+            UNHURRIED_RETRIES,
+            cancel_quietly,
+        )
 
-        return cancel_quietly(client, batch_id, budget=CANCEL_BUDGET, retries=CANCEL_RETRIES, logger=self.log)
+        return cancel_quietly(
+            client, batch_id, budget=UNHURRIED_BUDGET, retries=UNHURRIED_RETRIES, logger=self.log
+        )
 
     def _check_killed(self, uploaded_file_id: str | None, client: BatchClient) -> None:
         if not self._killed:
@@ -398,8 +402,7 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
                 if left <= 0:
                     outcome = self._cancel(client, batch.id)
                     raise BatchTimeoutError(
-                        f"{self.task_id}: batch {batch.id} still {batch.status.value} after the timeout of "
-                        f"{self.timeout:.0f}s; cancel: {outcome.action.value} (x-request-id={outcome.request_id or 'none'})"
+                        f"{self.task_id}: {describe_timeout(batch, self.timeout, outcome)}"
                     )
                 wait = min(wait, left)
             time.sleep(wait)

@@ -41,7 +41,12 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from airflow_provider_qwenbatch.client.aio import AsyncBatchClient
-from airflow_provider_qwenbatch.client.cancel import CancelOutcome, acancel_quietly
+from airflow_provider_qwenbatch.client.cancel import (
+    UNHURRIED_BUDGET,
+    UNHURRIED_RETRIES,
+    CancelOutcome,
+    acancel_quietly,
+)
 from airflow_provider_qwenbatch.client.errors import (
     AuthenticationError,
     InvalidResponseError,
@@ -52,7 +57,7 @@ from airflow_provider_qwenbatch.client.models import Batch
 from airflow_provider_qwenbatch.compat import ensure_sync_sdk_portal
 from airflow_provider_qwenbatch.exceptions import BatchEventError
 from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
-from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, describe_end
+from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, describe_end, describe_timeout
 from airflow_provider_qwenbatch.triggers.client_pool import acquire_client, release_client
 from airflow_provider_qwenbatch.triggers.kill_decision import (
     USER_ACTION_MARKER,
@@ -219,13 +224,16 @@ class BatchStatusTrigger(BaseTrigger):
                 if self.deadline is not None:
                     left = self.deadline - time.time()
                     if left <= 0:
-                        outcome = await acancel_quietly(client, self.batch_id, logger=self.log)
-                        yield self._event(
-                            "timeout",
-                            f"batch {self.batch_id} still {batch.status.value} at the deadline; "
-                            f"cancel: {outcome.action.value} (x-request-id={outcome.request_id or 'none'})",
-                            batch,
+                        # No kill clock here: the unhurried budget, with retries.
+                        outcome = await acancel_quietly(
+                            client,
+                            self.batch_id,
+                            budget=UNHURRIED_BUDGET,
+                            retries=UNHURRIED_RETRIES,
+                            logger=self.log,
                         )
+                        timeout = self.deadline - batch.created_at if batch.created_at else None
+                        yield self._event("timeout", describe_timeout(batch, timeout, outcome), batch)
                         return
                     wait = min(wait, left)
                 # Up to 10% shorter, at random: triggers deferred together drift apart instead of

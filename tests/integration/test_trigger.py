@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -258,6 +259,26 @@ async def test_deadline_cancels_and_sends_timeout(emulator: EmulatorHandle, long
     assert event["status"] == "timeout"
     assert "cancel: cancel_requested" in event["message"]
     assert len(emulator.requests(endpoint="cancel_batch", batch_id=long_batch)) == 1
+
+
+async def test_deadline_message_reads_like_the_workers_and_its_cancel_retries(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    # The deferred path says what the worker path says (same operator timeout), and its cancel,
+    # with no SIGKILL clock, retries a transient error instead of leaving the batch billing.
+    emulator.set_config(lines_per_second=10.0)
+    batch = await asyncio.to_thread(create_batch, emulator, tmp_path, 1000)
+    assert batch.created_at is not None
+    emulator.set_faults({"cancel_batch": {"fail_next": ["503"]}})
+    trigger = BatchStatusTrigger(batch_id=batch.id, poll_interval=0.2, deadline=batch.created_at + 2)
+    (event,) = await asyncio.wait_for(_collect(trigger), 30)
+    assert event["status"] == "timeout"
+    assert re.fullmatch(
+        rf"batch {batch.id} still in_progress after the timeout of 2s; cancel: cancel_requested "
+        r"\(x-request-id=\S+\)",
+        event["message"],
+    ), event["message"]
+    assert [c["status"] for c in emulator.requests(endpoint="cancel_batch", batch_id=batch.id)] == [503, 200]
 
 
 @pytest.mark.parametrize(

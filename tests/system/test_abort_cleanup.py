@@ -189,7 +189,13 @@ def test_s07_operator_timeout(system: System, record: dict[str, Any]) -> None:
     _assert_log_says(
         system, dag_id, run_id, "submit_worker", f"after the timeout of {timeout}s; cancel: cancel_requested"
     )
-    _assert_log_says(system, dag_id, run_id, "submit_deferred", "at the deadline; cancel: cancel_requested")
+    _assert_log_says(
+        system,
+        dag_id,
+        run_id,
+        "submit_deferred",
+        f"after the timeout of {timeout}s; cancel: cancel_requested",
+    )
     _assert_log_says(system, dag_id, run_id, "submit_deferred", "BatchTimeoutError")
 
 
