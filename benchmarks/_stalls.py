@@ -4,7 +4,7 @@
 :class:`StallRecorder` records, while it is installed, every garbage collection
 (``gc.callbacks``: generation and duration) and every event-loop callback that ran longer than
 a threshold (the ``asyncio.Handle._run`` of the loop, timed: which task, and where it
-suspended next), so the cause of a stall is what overlapped it. Both cost microseconds per
+suspended next), and every loop pass (``_run_once``) over 20 ms with the callbacks it ran, so the cause of a stall is what overlapped it. Both cost microseconds per
 event, not a debug-mode loop.
 """
 
@@ -83,8 +83,12 @@ class StallRecorder:
         self.slow = slow
         self.collections: list[tuple[float, float, int]] = []  # (start, duration, generation)
         self.callbacks: list[tuple[float, float, str]] = []  # (start, duration, what)
+        # Loop passes (one _run_once) that took >= 20 ms: (start, duration, what, callback time).
+        self.passes: list[tuple[float, float, str, float]] = []
         self._gc_started = 0.0
         self._original: Callable[[asyncio.Handle], None] | None = None
+        self._original_pass: Callable[[Any], None] | None = None
+        self._this_pass: list[tuple[float, asyncio.Handle]] = []
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         now = time.perf_counter()
@@ -102,16 +106,42 @@ class StallRecorder:
             t = time.perf_counter()
             original(handle)
             took = time.perf_counter() - t
+            recorder._this_pass.append((took, handle))
             if took >= recorder.slow:
                 recorder.callbacks.append((t, took, _describe(handle)))
 
+        base = asyncio.base_events.BaseEventLoop
+        original_pass = self._original_pass = base._run_once  # type: ignore[attr-defined]
+
+        def timed_pass(loop: Any) -> None:
+            recorder._this_pass = []
+            t = time.perf_counter()
+            original_pass(loop)
+            took = time.perf_counter() - t
+            if took >= 0.02:
+                ran = recorder._this_pass
+                top = sorted(ran, key=lambda r: -r[0])[:3]
+                what = ", ".join(f"{_describe(h)} {d * 1000:.1f} ms" for d, h in top)
+                busy = sum(d for d, _ in ran)
+                recorder.passes.append(
+                    (
+                        t,
+                        took,
+                        f"one loop pass ran {len(ran)} callbacks for {busy * 1000:.0f} ms (longest: {what})",
+                    )
+                )
+            recorder._this_pass = []
+
         asyncio.Handle._run = timed  # type: ignore[method-assign,assignment]
+        setattr(base, "_run_once", timed_pass)  # noqa: B010 (private: not in the stubs)
         return self
 
     def __exit__(self, *exc: object) -> None:
         gc.callbacks.remove(self._on_gc)
         if self._original is not None:
             asyncio.Handle._run = self._original  # type: ignore[method-assign,assignment]
+        if self._original_pass is not None:
+            setattr(asyncio.base_events.BaseEventLoop, "_run_once", self._original_pass)  # noqa: B010
 
     def cause(self, start: float, end: float) -> str:
         """What ran in ``[start, end]``: the collections and the slowest callbacks overlapping it."""
@@ -124,9 +154,14 @@ class StallRecorder:
                 + (f" (+{len(gcs) - 1} more)" if len(gcs) > 1 else "")
             )
         cbs = sorted((c for c in self.callbacks if c[0] < end and c[0] + c[1] > start), key=lambda c: -c[1])
-        for c in cbs[:2]:
+        for c in cbs[:1]:
             parts.append(f"{c[2]} ran {c[1] * 1000:.0f} ms")
-        return "; ".join(parts) or "not attributed (many short callbacks)"
+        passes = [p for p in self.passes if p[0] < end and p[0] + p[1] > start]
+        busy = sum(p[3] for p in passes)
+        if passes and not gcs and busy >= 0.5 * (end - start - 0.01):
+            parts.append(max(passes, key=lambda p: p[1])[2])
+        # A pass includes its wait in select(): a late wake-up with nothing run is the OS's.
+        return "; ".join(parts) or "nothing ran on the loop: the process was not on a CPU (machine load)"
 
     def gc_summary(self, start: float, end: float) -> str:
         """Full (gen2) collections in ``[start, end)``: how many, and the longest."""

@@ -5,15 +5,19 @@ at once. One httpx client (SSL context, connection pool) per trigger costs ~800 
 stalls the loop; one client for all of them stalls it too (see below). Triggers with the same
 Connection settings therefore share clients in small shards.
 
-Nothing here blocks the event loop: the one SSL context (loading the CA bundle costs ~40 ms
-of CPU, measured as a 40-80 ms stall of a triggerer starting 1,000 triggers) is built in a
-worker thread, on a shard's first request, which is async (see :class:`_DeferredTransport`).
+Nothing here blocks the event loop: what a first request costs is done in a worker thread,
+on a shard's first request, which is async (see :class:`_DeferredTransport`): building the
+one SSL context (loading the CA bundle: ~40 ms of CPU, measured as a 40-80 ms stall of a
+triggerer starting 1,000 triggers) and importing the asyncio backend httpcore loads lazily on
+its first request (~100 ms, measured as the longest stall of a triggerer's start).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import importlib
 import ssl
 import threading
 import weakref
@@ -64,6 +68,13 @@ def _ssl_context() -> ssl.SSLContext:
         return _ssl_context_locked()
 
 
+def _prepare_transport() -> ssl.SSLContext:
+    """What a first request would do on the loop: the SSL context, and httpcore's lazy import."""
+    with contextlib.suppress(ImportError):  # httpcore's locks go through anyio under asyncio
+        importlib.import_module("anyio._backends._asyncio")
+    return _ssl_context()
+
+
 class _DeferredTransport(httpx.AsyncBaseTransport):
     """An ``httpx.AsyncHTTPTransport`` built on its first request, with the SSL context built off the loop.
 
@@ -81,7 +92,7 @@ class _DeferredTransport(httpx.AsyncBaseTransport):
                 self._building = asyncio.Lock()
             async with self._building:
                 if self._inner is None:
-                    context = await asyncio.to_thread(_ssl_context)
+                    context = await asyncio.to_thread(_prepare_transport)
                     self._inner = httpx.AsyncHTTPTransport(verify=context, limits=_SHARD_LIMITS)
         return self._inner
 
