@@ -128,6 +128,7 @@ class StallRecorder:
                         t,
                         took,
                         f"one loop pass ran {len(ran)} callbacks for {busy * 1000:.0f} ms (longest: {what})",
+                        busy,
                     )
                 )
             recorder._this_pass = []
