@@ -159,7 +159,7 @@ class StallRecorder:
             parts.append(f"{c[2]} ran {c[1] * 1000:.0f} ms")
         passes = [p for p in self.passes if p[0] < end and p[0] + p[1] > start]
         busy = sum(p[3] for p in passes)
-        if passes and not gcs and busy >= 0.5 * (end - start - 0.01):
+        if passes and not gcs and not cbs and busy >= 0.5 * (end - start - 0.01):
             parts.append(max(passes, key=lambda p: p[1])[2])
         # A pass includes its wait in select(): a late wake-up with nothing run is the OS's.
         return "; ".join(parts) or "nothing ran on the loop: the process was not on a CPU (machine load)"

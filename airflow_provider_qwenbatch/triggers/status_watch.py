@@ -61,10 +61,11 @@ DEFAULT_PAGES_PER_MINUTE = 60.0
 DEFAULT_SINGLES_PER_MINUTE = 500.0
 # The largest page the list endpoint serves.
 LIST_PAGE_SIZE = 100
-# After a failed list request (already retried by the client), read batches one by one for this
+# After a failed list request (sent once, see the module docs), read batches one by one for this
 # long before listing again: each reader then meets its own outcome, as without a watch, and a
 # list that keeps failing (a proxy without it, a used-up list quota) costs one request a minute.
 LIST_PAUSE = 60.0
+# A 429's Retry-After pauses listing for longer, up to this (a bogus one must not stop it for days).
 LIST_PAUSE_MAX = 600.0
 # One list request waits at most its readers' shortest poll interval, within these bounds (s):
 # below 2 s a healthy but loaded server would time out; above 30 s the fallback comes too late.
