@@ -129,6 +129,26 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "30",
                         "default": "60",
                     },
+                    "trigger_single_reads_per_minute": {
+                        "description": "When the list does not answer for a batch (it ended, or listing "
+                        "is paused after a failed or throttled list request), the triggers of one "
+                        "triggerer and Connection read batches one by one, spaced to this many "
+                        "GET /batches/{id} per minute (the account's retrieve quota is 1,000/min).",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "250",
+                        "default": "500",
+                    },
+                    "trigger_freeze_startup_heap": {
+                        "description": "Freeze the objects alive when the first batch trigger of a "
+                        "triggerer starts (gc.freeze(): Airflow's modules and the triggerer's state), so "
+                        "full garbage collections stop walking them: one such collection otherwise "
+                        "stalls every trigger of the triggerer for ~100 ms or more.",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "False",
+                        "default": "True",
+                    },
                     "default_conn_id": {
                         "description": "Connection used by the failure listener to find and cancel batches.",
                         "version_added": "0.1.0",

@@ -226,6 +226,8 @@ class ClientCore:
         input_file_ids: Iterable[str] | None = None,
         create_after: datetime | None = None,
         create_before: datetime | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
     ) -> Call[BatchList]:
         params: dict[str, str] = {}
         if after:
@@ -249,7 +251,14 @@ class ClientCore:
             params["create_after"] = format_utc8(create_after)
         if create_before is not None:
             params["create_before"] = format_utc8(create_before)
-        return Call("GET", "/batches", model_parser(BatchList), params=params)
+        return Call(
+            "GET",
+            "/batches",
+            model_parser(BatchList),
+            params=params,
+            timeout=httpx.Timeout(timeout) if timeout is not None else None,
+            max_retries=max_retries,
+        )
 
     @staticmethod
     def _retrieve_file_call(file_id: str) -> Call[FileObject]:

@@ -190,6 +190,8 @@ class AsyncBatchClient(ClientCore):
         input_file_ids: Iterable[str] | None = None,
         create_after: datetime | None = None,
         create_before: datetime | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
     ) -> BatchList:
         """Read one page of batches, newest first (filters as in :meth:`.sync.BatchClient.list_batches`).
 
@@ -200,6 +202,8 @@ class AsyncBatchClient(ClientCore):
         :param input_file_ids: at most 20 ids.
         :param create_after: aware datetime.
         :param create_before: aware datetime.
+        :param timeout: timeout of this request in seconds (default: the client's).
+        :param max_retries: retries of this call (default: the client's policy).
         """
         return await self._send(
             self._list_batches_call(
@@ -210,6 +214,8 @@ class AsyncBatchClient(ClientCore):
                 input_file_ids=input_file_ids,
                 create_after=create_after,
                 create_before=create_before,
+                timeout=timeout,
+                max_retries=max_retries,
             )
         )
 

@@ -200,7 +200,7 @@ class BatchStatusTrigger(BaseTrigger):
             failed_polls = 0
             while True:
                 try:
-                    batch = await watch.read(self.batch_id)
+                    batch = await watch.read(self.batch_id, within=self.poll_interval)
                     failed_polls = 0
                 except _FATAL as exc:
                     yield self._event("error", f"cannot read batch {self.batch_id}: {exc}")

@@ -17,20 +17,34 @@ account has at most 1,000 unfinished batches, so one sweep of the in-flight list
   read from the batch itself, as without a watch;
 * list requests are spaced to ``[qwenbatch] trigger_list_pages_per_minute`` (default 60; the
   account's list quota is 100/min); ``0`` turns listing off (one retrieve per read);
-* a list request that fails (after the client's retries) pauses listing for
-  :data:`LIST_PAUSE` seconds; reads go to ``GET /batches/{id}`` meanwhile.
+* a sweep never waits on a slow or throttled list for longer than its readers' poll budget:
+  a list request is sent once (no retries) with a timeout of its readers' shortest poll
+  interval (within :data:`LIST_TIMEOUT_MIN` .. :data:`LIST_TIMEOUT_MAX`); one that fails
+  (a 429, a timeout, anything) pauses listing for :data:`LIST_PAUSE` seconds, or the server's
+  ``Retry-After`` when longer (at most :data:`LIST_PAUSE_MAX`), and reads go to
+  ``GET /batches/{id}`` meanwhile;
+* those single reads are spaced to ``[qwenbatch] trigger_single_reads_per_minute`` (default
+  500 per watch: half the account's retrieve quota of 1,000/min, so a fallback of a thousand
+  readers cannot use up what the operators' own reads and cancels need);
+* the sweep and the single reads run as tasks of the triggerer itself, in an empty
+  :mod:`contextvars` context: a trigger's log context (Airflow binds ``trigger_id`` and the
+  task instance with structlog contextvars, and routes each log line by them) would otherwise
+  send the watch's warnings to the log of whichever task happened to start it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import weakref
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_qwenbatch.client.aio import AsyncBatchClient
-from airflow_provider_qwenbatch.client.models import Batch
+from airflow_provider_qwenbatch.client.errors import RateLimitError
+from airflow_provider_qwenbatch.client.models import Batch, BatchList
 from airflow_provider_qwenbatch.client.status import BatchStatus
 from airflow_provider_qwenbatch.hooks.qwen_batch import ConnectionSettings
 from airflow_provider_qwenbatch.triggers.client_pool import (
@@ -39,16 +53,24 @@ from airflow_provider_qwenbatch.triggers.client_pool import (
     release_client,
     settings_key,
 )
+from airflow_provider_qwenbatch.triggers.heap import freeze_startup_heap
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGES_PER_MINUTE = 60.0
+DEFAULT_SINGLES_PER_MINUTE = 500.0
 # The largest page the list endpoint serves.
 LIST_PAGE_SIZE = 100
-# After a failed list request (already retried by the client), read batches one by one for this
+# After a failed list request (sent once, see the module docs), read batches one by one for this
 # long before listing again: each reader then meets its own outcome, as without a watch, and a
 # list that keeps failing (a proxy without it, a used-up list quota) costs one request a minute.
 LIST_PAUSE = 60.0
+# A 429's Retry-After pauses listing for longer, up to this (a bogus one must not stop it for days).
+LIST_PAUSE_MAX = 600.0
+# One list request waits at most its readers' shortest poll interval, within these bounds (s):
+# below 2 s a healthy but loaded server would time out; above 30 s the fallback comes too late.
+LIST_TIMEOUT_MIN = 2.0
+LIST_TIMEOUT_MAX = 30.0
 _IN_FLIGHT = sorted(s.value for s in BatchStatus.in_flight())
 
 
@@ -69,9 +91,13 @@ class WatchStats:
 @dataclass
 class _Waiting:
     futures: dict[str, list[asyncio.Future[Batch]]] = field(default_factory=dict)
+    # The shortest poll interval among these readers: how long one list request may take.
+    within: float = LIST_TIMEOUT_MAX
 
-    def add(self, batch_id: str, future: asyncio.Future[Batch]) -> None:
+    def add(self, batch_id: str, future: asyncio.Future[Batch], within: float | None) -> None:
         self.futures.setdefault(batch_id, []).append(future)
+        if within is not None:
+            self.within = min(self.within, within)
 
     def live(self) -> dict[str, list[asyncio.Future[Batch]]]:
         """The waits whose reader is still waiting (a cancelled trigger cancels its future)."""
@@ -89,15 +115,70 @@ def _resolve(futures: list[asyncio.Future[Batch]], batch: Batch) -> None:
             future.set_result(batch)
 
 
+def _spawn(coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
+    """A task of the watch, not of the trigger that happened to start it: empty contextvars.
+
+    ``contextvars.Context().run`` rather than ``create_task(context=...)``, which Python 3.10
+    does not have: the task copies the (empty) context current when it is created.
+    """
+    return contextvars.Context().run(asyncio.get_running_loop().create_task, coro)
+
+
+def _build_models() -> None:
+    for model in (BatchList, Batch):
+        if not model.__pydantic_complete__:
+            model.model_rebuild(force=True)
+
+
+async def _prepare_models() -> None:
+    """Build the validators of the page and batch models in a worker thread (a no-op once built).
+
+    The models build them on first use (``defer_build``: importing the provider in a DAG file
+    stays cheap), so the first page a triggerer parses would build them on its loop: a stall
+    of 40-100 ms of every trigger, measured.
+    """
+    if not (BatchList.__pydantic_complete__ and Batch.__pydantic_complete__):
+        await asyncio.to_thread(_build_models)
+
+
+class _Pacer:
+    """Spaces calls at least ``60 / per_minute`` seconds apart (a token bucket of one token).
+
+    Each caller reserves the next free slot before it sleeps, so callers arriving together go
+    out one by one at the rate, in arrival order.
+
+    :param per_minute: calls per minute; ``0`` or less does not space them.
+    """
+
+    def __init__(self, per_minute: float) -> None:
+        self._gap = 60.0 / per_minute if per_minute > 0 else 0.0
+        self._next_at = 0.0
+
+    async def wait(self) -> None:
+        """Return when this caller's slot has come."""
+        now = asyncio.get_running_loop().time()
+        at = max(now, self._next_at)
+        self._next_at = at + self._gap
+        if at > now:
+            await asyncio.sleep(at - now)
+
+
 class StatusWatch:
     """Answers batch status reads of many triggers with shared list pages (see the module docs).
 
     :param client: the async client to send with.
     :param gate: bounds this watch's requests in flight on the client.
     :param pages_per_minute: list requests allowed per minute; ``0`` reads every batch on its own.
+    :param singles_per_minute: ``GET /batches/{id}`` reads allowed per minute.
     """
 
-    def __init__(self, client: AsyncBatchClient, gate: asyncio.Semaphore, pages_per_minute: float) -> None:
+    def __init__(
+        self,
+        client: AsyncBatchClient,
+        gate: asyncio.Semaphore,
+        pages_per_minute: float,
+        singles_per_minute: float = DEFAULT_SINGLES_PER_MINUTE,
+    ) -> None:
         self.client = client
         self.stats = WatchStats()
         self.users = 0
@@ -109,34 +190,38 @@ class StatusWatch:
         self._singles: set[asyncio.Task[None]] = set()
         self._next_page_at = 0.0
         self._list_paused_until = 0.0
+        self._singles_pacer = _Pacer(singles_per_minute)
 
-    async def read(self, batch_id: str) -> Batch:
+    async def read(self, batch_id: str, within: float | None = None) -> Batch:
         """The batch as read after this call began.
 
         :param batch_id: the batch.
+        :param within: the reader's poll interval: one list request of its sweep may take this
+            long (see the module docs) before the watch reads batches on their own.
         :raises airflow_provider_qwenbatch.client.errors.QwenBatchError: what reading the batch on
             its own raised.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Batch] = loop.create_future()
-        self._waiting.add(batch_id, future)
+        future: asyncio.Future[Batch] = asyncio.get_running_loop().create_future()
+        self._waiting.add(batch_id, future, within)
         if self._sweeper is None or self._sweeper.done():
-            self._sweeper = loop.create_task(self._sweep_while_waited())
+            self._sweeper = _spawn(self._sweep_while_waited())
         return await future
 
     async def _sweep_while_waited(self) -> None:
+        await _prepare_models()
         while True:
             if self._listing():
                 # Wait for the list budget BEFORE taking the readers: reads asked meanwhile join
                 # this sweep, since its first page is not asked yet.
                 await self._wait_turn()
-            waiting = self._waiting.live()
+            taken = self._waiting
+            waiting = taken.live()
             # Reads asked from now on wait for the next sweep: this one may be past their page.
             self._waiting = _Waiting()
             if not waiting:
                 return
             try:
-                unlisted = await self._sweep(waiting)
+                unlisted = await self._sweep(waiting, taken.within)
             except asyncio.CancelledError:
                 # aclose(): nobody will answer these readers any more.
                 for futures in waiting.values():
@@ -144,18 +229,20 @@ class StatusWatch:
                         future.cancel()
                 raise
             for batch_id, futures in unlisted.items():
+                # Created from the sweeper, so in its empty context too.
                 task = asyncio.get_running_loop().create_task(self._read_one(batch_id, futures))
                 self._singles.add(task)
                 task.add_done_callback(self._singles.discard)
 
     async def _sweep(
-        self, waiting: dict[str, list[asyncio.Future[Batch]]]
+        self, waiting: dict[str, list[asyncio.Future[Batch]]], within: float
     ) -> dict[str, list[asyncio.Future[Batch]]]:
         """Answer what the in-flight list shows, page by page; return the waits it did not answer."""
         loop = asyncio.get_running_loop()
         if self._page_gap is None or not self._listing():
             return waiting
         after: str | None = None
+        timeout = min(LIST_TIMEOUT_MAX, max(LIST_TIMEOUT_MIN, within))
         while waiting:
             # Spaced one by one, not per sweep: the list quota may be enforced per second.
             await self._wait_turn()
@@ -163,17 +250,30 @@ class StatusWatch:
             try:
                 async with self._gate:
                     self.stats.pages += 1
-                    page = await self.client.list_batches(
-                        after=after, limit=LIST_PAGE_SIZE, status=_IN_FLIGHT
+                    # Once, bounded: the client's retries (Retry-After up to minutes) would hold
+                    # every reader of the watch, and their deadline cancels, that long.
+                    # httpx's timeout bounds each read of the socket, not the whole answer.
+                    page = await asyncio.wait_for(
+                        self.client.list_batches(
+                            after=after,
+                            limit=LIST_PAGE_SIZE,
+                            status=_IN_FLIGHT,
+                            timeout=timeout,
+                            max_retries=0,
+                        ),
+                        timeout,
                     )
             except Exception as exc:
                 # Anything (not only QwenBatchError): a sweep that died would leave its readers
                 # waiting forever; read one by one instead, which gives each reader its own outcome.
-                self._list_paused_until = loop.time() + LIST_PAUSE
+                pause = LIST_PAUSE
+                if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+                    pause = min(LIST_PAUSE_MAX, max(LIST_PAUSE, exc.retry_after))
+                self._list_paused_until = loop.time() + pause
                 log.warning(
                     "Listing in-flight batches failed (%s); reading each batch on its own for %.0f s",
-                    exc,
-                    LIST_PAUSE,
+                    str(exc) or type(exc).__name__,
+                    pause,
                 )
                 return waiting
             for batch in page.batches:
@@ -199,6 +299,8 @@ class StatusWatch:
 
     async def _read_one(self, batch_id: str, futures: list[asyncio.Future[Batch]]) -> None:
         try:
+            # Within this watch's share of the account's retrieve quota (1,000/min).
+            await self._singles_pacer.wait()
             async with self._gate:
                 self.stats.singles += 1
                 batch = await self.client.retrieve_batch(batch_id)
@@ -231,25 +333,36 @@ _WATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, .
 )
 
 
-def pages_per_minute() -> float:
-    """``[qwenbatch] trigger_list_pages_per_minute``; the default when unset or not a number."""
+def _rate(option: str, default: float, minimum_exclusive: bool) -> float:
     from airflow.sdk import conf
 
-    raw = conf.get("qwenbatch", "trigger_list_pages_per_minute", fallback=None)
+    raw = conf.get("qwenbatch", option, fallback=None)
     if raw is None or str(raw).strip() == "":
-        return DEFAULT_PAGES_PER_MINUTE
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if value < 0:
+    if value < 0 or (minimum_exclusive and value == 0):
         log.warning(
-            "[qwenbatch] trigger_list_pages_per_minute = %r is not a number >= 0; using %s",
+            "[qwenbatch] %s = %r is not a number %s 0; using %s",
+            option,
             raw,
-            DEFAULT_PAGES_PER_MINUTE,
+            ">" if minimum_exclusive else ">=",
+            default,
         )
-        return DEFAULT_PAGES_PER_MINUTE
+        return default
     return value
+
+
+def pages_per_minute() -> float:
+    """``[qwenbatch] trigger_list_pages_per_minute``; the default when unset or not a number >= 0."""
+    return _rate("trigger_list_pages_per_minute", DEFAULT_PAGES_PER_MINUTE, minimum_exclusive=False)
+
+
+def singles_per_minute() -> float:
+    """``[qwenbatch] trigger_single_reads_per_minute``; the default when unset or not a number > 0."""
+    return _rate("trigger_single_reads_per_minute", DEFAULT_SINGLES_PER_MINUTE, minimum_exclusive=True)
 
 
 def acquire_watch(settings: ConnectionSettings) -> StatusWatch:
@@ -261,9 +374,11 @@ def acquire_watch(settings: ConnectionSettings) -> StatusWatch:
     key = settings_key(settings)
     watch = watches.get(key)
     if watch is None:
+        # The first watch of the process: Airflow and the triggerer are loaded by now.
+        freeze_startup_heap()
         client = acquire_client(settings)
         gate = gate_of(client) or asyncio.Semaphore(1)
-        watch = watches[key] = StatusWatch(client, gate, pages_per_minute())
+        watch = watches[key] = StatusWatch(client, gate, pages_per_minute(), singles_per_minute())
     watch.users += 1
     return watch
 

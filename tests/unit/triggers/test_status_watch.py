@@ -53,6 +53,7 @@ class FakeServer:
         self.pages: list[dict[str, str]] = []
         self.page_times: list[float] = []
         self.singles: list[str] = []
+        self.single_times: list[float] = []
         self.list_answer: httpx.Response | None = None
         self.list_raises: Exception | None = None
         self.gate: asyncio.Event | None = None
@@ -73,6 +74,7 @@ class FakeServer:
             return answer
         batch_id = path.removeprefix("/batches/")
         self.singles.append(batch_id)
+        self.single_times.append(asyncio.get_running_loop().time())
         if batch_id not in self.batches:
             return httpx.Response(
                 404,
@@ -100,14 +102,16 @@ class FakeServer:
         }
 
 
-def make_watch(server: FakeServer, per_minute: float = 6000.0) -> tuple[StatusWatch, AsyncBatchClient]:
+def make_watch(
+    server: FakeServer, per_minute: float = 6000.0, retry: RetryPolicy | None = None, **kwargs: Any
+) -> tuple[StatusWatch, AsyncBatchClient]:
     client = AsyncBatchClient(
         API_KEY,
         BASE_URL,
         transport=httpx.MockTransport(server),
-        retry=RetryPolicy(max_retries=0),
+        retry=retry or RetryPolicy(max_retries=0),
     )
-    return StatusWatch(client, asyncio.Semaphore(8), per_minute), client
+    return StatusWatch(client, asyncio.Semaphore(8), per_minute, **kwargs), client
 
 
 async def test_one_page_answers_many_readers() -> None:
