@@ -455,5 +455,7 @@ def test_nan_or_infinity_in_request_dicts_is_rejected_with_field(tmp_path: Path,
         write_jsonl(rows, tmp_path / "out.jsonl", CHAT, source="requests")
     (p,) = info.value.problems
     assert (p.line, p.rule, p.field) == (2, "invalid_number", "body.messages[1].weight")
-    assert "requests: request 2 (index 1): [invalid_number] field 'body.messages[1].weight'" in str(info.value)
+    assert "requests: request 2 (index 1): [invalid_number] field 'body.messages[1].weight'" in str(
+        info.value
+    )
     assert not (tmp_path / "out.jsonl").exists()
