@@ -8,11 +8,11 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from airflow.sdk import BaseHook
 
 from airflow_provider_qwenbatch.client.errors import QwenBatchError
 from airflow_provider_qwenbatch.client.regions import Region
 from airflow_provider_qwenbatch.client.retry import RetryPolicy
+from airflow_provider_qwenbatch.compat import BaseHook
 
 if TYPE_CHECKING:
     # Imported where used: a DAG file importing an operator should not pay for the clients.
@@ -220,7 +220,7 @@ def settings_from_connection(conn_id: str, conn: Any, log: Any) -> ConnectionSet
                 f"Connection {conn_id!r} has no API key (the password field) and {API_KEY_ENV} is not set"
             )
         # Airflow masks Connection passwords itself; a key from the environment must be masked here.
-        from airflow.sdk.log import mask_secret
+        from airflow_provider_qwenbatch.compat import mask_secret
 
         mask_secret(api_key)
         log.info("Connection %r has no API key; using the %s environment variable", conn_id, API_KEY_ENV)

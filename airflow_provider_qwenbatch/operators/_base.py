@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import BaseOperator, conf
+from airflow.sdk import BaseOperator
 
+from airflow_provider_qwenbatch.compat import conf
 from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
 from airflow_provider_qwenbatch.task_connection import QwenBatchConnectionMixin
 

@@ -233,7 +233,7 @@ _WATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, .
 
 def pages_per_minute() -> float:
     """``[qwenbatch] trigger_list_pages_per_minute``; the default when unset or not a number."""
-    from airflow.sdk import conf
+    from airflow_provider_qwenbatch.compat import conf
 
     raw = conf.get("qwenbatch", "trigger_list_pages_per_minute", fallback=None)
     if raw is None or str(raw).strip() == "":
