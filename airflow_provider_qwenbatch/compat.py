@@ -41,6 +41,8 @@ __all__ = [
     "aget_task_instance_state",
     "airflow_minor",
     "conf",
+    "dag_bag_class",
+    "loaded_plugin_errors",
     "mask_secret",
 ]
 
@@ -96,6 +98,32 @@ def mask_secret(secret: str, name: str | None = None) -> None:
     else:  # Airflow 3.0
         from airflow.sdk.execution_time.secrets_masker import mask_secret as _mask_secret
     _mask_secret(secret, name)
+
+
+def dag_bag_class() -> Any:
+    """Airflow's ``DagBag`` class (for scripts and tests: the package itself parses no DAG folder).
+
+    Imported on first use; it moved from ``airflow.models.dagbag`` to
+    ``airflow.dag_processing.dagbag`` in Airflow 3.2.
+    """
+    if TYPE_CHECKING or AIRFLOW_V_3_2_PLUS:
+        from airflow.dag_processing.dagbag import DagBag
+    else:  # Airflow 3.0/3.1
+        from airflow.models.dagbag import DagBag
+    return DagBag
+
+
+def loaded_plugin_errors() -> dict[str, str]:
+    """Loads Airflow's plugins (once per process) and returns their import errors, by source.
+
+    :return: what failed to load, empty when every plugin loaded.
+    """
+    from airflow import plugins_manager
+
+    if TYPE_CHECKING or AIRFLOW_V_3_2_PLUS:
+        return dict(plugins_manager._get_plugins()[1])
+    plugins_manager.ensure_plugins_loaded()  # Airflow 3.0/3.1: module-level state
+    return dict(plugins_manager.import_errors)
 
 
 # --- The kill decision's task-instance state query --------------------------------------------

@@ -26,17 +26,20 @@ if [[ -f $stamp && "$(cat "$stamp")" == "$want" && -x $venv/bin/python ]]; then
 fi
 if [[ -d $venv ]]; then
   have=$(cat "$stamp" 2>/dev/null || true)
-  have=${have:-no stamp: an interrupted or older install}
   have_py=$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo "none")
   if [[ $have_py != "$version" ]]; then
-    echo "ensure_venv: $venv has Python $have_py, $python is $version: rebuilding $venv"
+    echo "ensure_venv: $venv has Python $have_py but $python is Python $version: rebuilding $venv"
+    rm -rf "$venv"
+  elif [[ -z $have ]]; then
+    echo "ensure_venv: $venv has no install stamp (interrupted or older install): re-syncing it with $lock"
   else
-    echo "ensure_venv: $venv is stale ($have; want $want): rebuilding $venv"
+    echo "ensure_venv: $lock or pyproject.toml changed since $venv was installed: re-syncing it"
   fi
-  rm -rf "$venv"
+fi
+if [[ ! -x $venv/bin/python ]]; then
+  "$python" -m venv "$venv"
 fi
 echo "ensure_venv: installing $venv from $lock with Python $version"
-"$python" -m venv "$venv"
 "$venv/bin/python" -m pip --version >/dev/null 2>&1 || "$venv/bin/python" -m ensurepip >/dev/null
 uv_version=$(sed -n 's/^uv==\([^ ;]*\).*/\1/p' "$lock" | head -1)
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "uv==$uv_version"

@@ -17,12 +17,22 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_qwenbatch.compat import AIRFLOW_V_3_3_PLUS, AIRFLOW_VERSION
 from airflow_provider_qwenbatch.emulator.server import EmulatorHandle
 from airflow_provider_qwenbatch.triggers.batch import BatchStatusTrigger
 from tests.integration.conftest import conn_json
 from tests.integration.helpers import create_batch, status_of
 
 pytestmark = pytest.mark.integration
+
+# Before 3.3 the triggerer cancels a user kill exactly like a restart (no marker, no on_kill):
+# the trigger tells them apart by the task state, asked through the triggerer's supervisor,
+# which this in-process runner has not got. tests/compat/test_state_query.py covers that query
+# on each minor, the system tests (s02, s03, s08, HA) the whole kill path.
+needs_marked_kills = pytest.mark.skipif(
+    not AIRFLOW_V_3_3_PLUS,
+    reason=f"Airflow {AIRFLOW_VERSION} marks no user kill and calls no on_kill (3.3+); covered by the system tests",
+)
 
 
 class RunnerHarness:
@@ -74,6 +84,7 @@ def _polled(emulator: EmulatorHandle, batch_id: str) -> bool:
     return bool(emulator.status_reads(batch_id))
 
 
+@needs_marked_kills
 async def test_user_kill_cancels_the_batch(emulator: EmulatorHandle, long_batch: str) -> None:
     harness = RunnerHarness(BatchStatusTrigger(batch_id=long_batch, poll_interval=0.2))
     await _until(lambda: _polled(emulator, long_batch), what="the trigger's first poll")
@@ -95,6 +106,7 @@ async def test_restart_does_not_cancel(emulator: EmulatorHandle, long_batch: str
     assert status_of(emulator, long_batch) in ("validating", "in_progress")
 
 
+@needs_marked_kills
 async def test_kill_with_slow_server_still_cancels_despite_recancellation(
     emulator: EmulatorHandle, long_batch: str
 ) -> None:
