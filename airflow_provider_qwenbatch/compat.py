@@ -17,12 +17,14 @@ name                         Airflow 3.0 / 3.1                from
 The task-instance state query of the trigger's kill decision lives here too
 (:func:`aget_task_instance_state`, see
 :mod:`airflow_provider_qwenbatch.triggers.kill_decision`): the triggerer's comms channel
-changed between minors.
+changed between minors; and the greenback portal a task of our own needs in the triggerer
+(:func:`ensure_sync_sdk_portal`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import TYPE_CHECKING, Any
 
 from airflow import __version__ as AIRFLOW_VERSION
@@ -42,6 +44,7 @@ __all__ = [
     "airflow_minor",
     "conf",
     "dag_bag_class",
+    "ensure_sync_sdk_portal",
     "loaded_plugin_errors",
     "mask_secret",
 ]
@@ -202,3 +205,20 @@ async def aget_task_instance_state(dag_id: str, run_id: str, task_id: str, map_i
     if state is None:
         return None
     return str(getattr(state, "value", state))
+
+
+async def ensure_sync_sdk_portal() -> None:
+    """Let sync task-SDK calls (``mask_secret``...) work from a task we created in the triggerer.
+
+    Airflow 3.3's triggerer answers a sync SDK call made on its event loop through a greenback
+    portal, which exists per task: ``run_trigger`` opens one for the trigger's own task only,
+    so a task of ours (the shielded Connection lookup) opens its own, the same way and under the
+    same switch (``AIRFLOW_DISABLE_GREENBACK_PORTAL``). Outside a triggerer it costs nothing.
+    """
+    if os.environ.get("AIRFLOW_DISABLE_GREENBACK_PORTAL", "").lower() == "true":
+        return
+    try:
+        import greenback
+    except ImportError:  # not a triggerer that uses greenback
+        return
+    await greenback.ensure_portal()

@@ -3,14 +3,20 @@ BatchStatusTrigger driven by Airflow's own TriggerRunner.run_trigger, in-process
 
 The runner's cancel paths are the real ones: a user kill cancels with the
 ``__airflow_user_action__`` marker and then awaits ``on_kill()``; a triggerer restart
-cancels without it.
+cancels without it. Airflow 3.3.x cancels a trigger reassigned to another triggerer the same
+way as a user kill: only the task instance's state (still DEFERRED) tells them apart. That
+state comes over Airflow's real trigger comms channel from a supervisor double
+(:mod:`tests.integration.supervisor_comms`) that answers only for the exact task instance.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +25,11 @@ import pytest
 
 from airflow_provider_qwenbatch.compat import AIRFLOW_V_3_3_PLUS, AIRFLOW_VERSION
 from airflow_provider_qwenbatch.emulator.server import EmulatorHandle
+from airflow_provider_qwenbatch.triggers import kill_decision
 from airflow_provider_qwenbatch.triggers.batch import BatchStatusTrigger
 from tests.integration.conftest import conn_json
 from tests.integration.helpers import create_batch, status_of
+from tests.integration.supervisor_comms import SupervisorDouble
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +43,34 @@ needs_marked_kills = pytest.mark.skipif(
 )
 
 
+def task_instance(map_index: int = -1) -> Any:
+    """The task instance a triggerer puts on a trigger (the workload's, Airflow's own model)."""
+    from airflow.executors.workloads.task import TaskInstanceDTO
+
+    return TaskInstanceDTO(
+        id=uuid.uuid4(),
+        dag_id="qwen_batch_dag",
+        run_id="manual__2026-12-01T09:00:00+00:00",
+        task_id="submit",
+        map_index=map_index,
+        try_number=1,
+        dag_version_id=uuid.uuid4(),
+        pool_slots=1,
+        priority_weight=1,
+    )
+
+
+def supervisor_for(ti: Any, **kwargs: Any) -> SupervisorDouble:
+    return SupervisorDouble(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, **kwargs)
+
+
 class RunnerHarness:
     """One trigger inside a real TriggerRunner."""
 
-    def __init__(self, trigger: BatchStatusTrigger) -> None:
+    def __init__(self, trigger: BatchStatusTrigger, ti: Any = None) -> None:
         from airflow.jobs.triggerer_job_runner import TriggerRunner
 
+        trigger.task_instance = ti
         self.runner = TriggerRunner()
         self.task = asyncio.get_running_loop().create_task(self.runner.run_trigger(1, trigger))
         self.runner.triggers[1] = {
@@ -53,6 +83,17 @@ class RunnerHarness:
     async def user_kill(self) -> None:
         self.runner.to_cancel.append(1)
         await self.runner.cancel_triggers()
+
+    async def cancel_until_done(self, timeout: float = 30.0) -> None:
+        """What Airflow 3.3.2 does for a trigger its supervisor put in ``cancelling_triggers``.
+
+        A user kill and a reassignment alike: the supervisor answers every state sync (about
+        once a second) with the trigger in ``to_cancel`` until the trigger has finished.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.task.done() and time.monotonic() < deadline:
+            await self.user_kill()
+            await asyncio.wait({self.task}, timeout=1.0)
 
     async def finished(self, timeout: float = 30.0) -> None:
         with pytest.raises(asyncio.CancelledError):
@@ -70,6 +111,25 @@ async def _until(predicate: Any, timeout: float = 20.0, what: str = "condition")
             return value
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Logs:
+    """Everything logged during a test: the stdlib records and what structlog wrote to stdout."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+        self._capsys, self._caplog, self._out = capsys, caplog, ""
+        caplog.set_level(logging.DEBUG)
+
+    @property
+    def text(self) -> str:
+        captured = self._capsys.readouterr()
+        self._out += captured.out + captured.err
+        return self._out + self._caplog.text
+
+
+@pytest.fixture
+def logs(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> Logs:
+    return Logs(capsys, caplog)
 
 
 @pytest.fixture
@@ -215,16 +275,141 @@ async def test_bad_answers_give_an_error_event_not_a_crash(
     assert needle in event["message"] and "x-request-id=" in event["message"]
 
 
-def test_serialize_round_trip_has_no_secret(emulator: EmulatorHandle) -> None:
-    trigger = BatchStatusTrigger(batch_id="batch_x", conn_id="c", poll_interval=5, deadline=123.0)
-    path, kwargs = trigger.serialize()
+async def test_serialized_trigger_repr_and_logs_have_no_secret(
+    emulator: EmulatorHandle, long_batch: str, logs: Logs
+) -> None:
+    """A trigger that resolved the real Connection (the key is in its client) and was killed."""
+    from airflow.models.trigger import Trigger
+
+    ti = task_instance()
+    trigger = BatchStatusTrigger(batch_id=long_batch, poll_interval=0.2, deadline=time.time() + 600)
+    async with supervisor_for(ti, state="failed"):
+        harness = RunnerHarness(trigger, ti)
+        await _until(lambda: _polled(emulator, long_batch), what="the trigger's first poll")
+        assert trigger._client is not None  # it holds the key now
+        path, kwargs = trigger.serialize()
+        row = Trigger.from_object(trigger)  # what the triggerer table stores
+        await harness.cancel_until_done()
+    await _until(lambda: emulator.requests(endpoint="cancel_batch", batch_id=long_batch), what="the cancel")
     assert path == "airflow_provider_qwenbatch.triggers.batch.BatchStatusTrigger"
-    assert kwargs == {
-        "batch_id": "batch_x",
-        "conn_id": "c",
-        "poll_interval": 5,
-        "deadline": 123.0,
-        "cancel_on_kill": True,
-    }
-    assert emulator.api_key not in repr(kwargs)
+    assert set(kwargs) == {"batch_id", "conn_id", "poll_interval", "deadline", "cancel_on_kill"}
     assert BatchStatusTrigger(**kwargs).serialize() == (path, kwargs)
+    key = emulator.api_key
+    assert key not in json.dumps(kwargs)
+    assert key not in json.dumps(row.kwargs, default=str) and key not in str(row.encrypted_kwargs)
+    assert key not in repr(trigger) and key not in str(trigger)
+    assert "Cancel batch" in logs.text  # the kill was logged (and captured)
+    assert key not in logs.text
+
+
+@pytest.mark.parametrize("map_index", [-1, 3])
+async def test_reassigned_trigger_leaves_the_batch_running(
+    emulator: EmulatorHandle, long_batch: str, logs: Logs, map_index: int
+) -> None:
+    """Airflow 3.3.x cancels a reassigned trigger like a kill; its task instance is still DEFERRED."""
+    ti = task_instance(map_index)
+    async with supervisor_for(ti, state="deferred") as supervisor:
+        harness = RunnerHarness(BatchStatusTrigger(batch_id=long_batch, poll_interval=0.2), ti)
+        await _until(lambda: _polled(emulator, long_batch), what="the trigger's first poll")
+        await harness.cancel_until_done()
+        await harness.finished()
+        await _until(lambda: "reassigned" in logs.text, what="the decision to be logged")
+    asked = supervisor.state_requests()
+    assert asked and all(supervisor.is_exactly_ours(m) for m in asked), asked
+    await asyncio.sleep(0.5)
+    assert emulator.requests(endpoint="cancel_batch", batch_id=long_batch) == []
+    assert status_of(emulator, long_batch) in ("validating", "in_progress")
+
+
+@pytest.mark.parametrize("state", ["failed", "success", None])
+async def test_kill_cancels_when_the_task_left_deferred(
+    emulator: EmulatorHandle, long_batch: str, state: str | None
+) -> None:
+    """Mark failed / mark success / clear: the task instance is no longer DEFERRED."""
+    ti = task_instance()
+    async with supervisor_for(ti, state=state) as supervisor:
+        harness = RunnerHarness(BatchStatusTrigger(batch_id=long_batch, poll_interval=0.2), ti)
+        await _until(lambda: _polled(emulator, long_batch), what="the trigger's first poll")
+        await harness.cancel_until_done()
+        await harness.finished()
+        await _until(
+            lambda: emulator.requests(endpoint="cancel_batch", batch_id=long_batch), what="the cancel"
+        )
+    asked = supervisor.state_requests()
+    assert asked and all(supervisor.is_exactly_ours(m) for m in asked), asked
+    assert [c["status"] for c in emulator.requests(endpoint="cancel_batch", batch_id=long_batch)] == [200]
+    await _until(lambda: status_of(emulator, long_batch) == "cancelled", what="cancelled")
+
+
+async def test_state_late_then_killed_cancels_after_the_answer(
+    emulator: EmulatorHandle, long_batch: str, logs: Logs
+) -> None:
+    """The first state request is never answered: the batch stays until a later ask proves the kill."""
+    ti = task_instance()
+    async with supervisor_for(ti, state="failed") as supervisor:
+        harness = RunnerHarness(BatchStatusTrigger(batch_id=long_batch, poll_interval=0.2), ti)
+        await _until(lambda: _polled(emulator, long_batch), what="the trigger's first poll")
+        await _until(lambda: supervisor.state_requests(), what="the warm-up request")
+        supervisor.stall_states = 1  # the kill's first request
+        await harness.cancel_until_done()
+        await _until(lambda: "Cannot tell yet" in logs.text, what="the warning")
+        assert emulator.requests(endpoint="cancel_batch", batch_id=long_batch) == []
+        await _until(
+            lambda: emulator.requests(endpoint="cancel_batch", batch_id=long_batch),
+            timeout=15,
+            what="the cancel",
+        )
+        assert len(supervisor.state_requests()) >= 2
+    await _until(lambda: status_of(emulator, long_batch) == "cancelled", what="cancelled")
+
+
+async def test_state_never_answered_leaves_the_batch_running(
+    emulator: EmulatorHandle,
+    long_batch: str,
+    logs: Logs,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kill_decision, "KILL_CHECK_WAIT", 0.5)
+    monkeypatch.setattr(kill_decision, "KILL_CHECK_PATIENCE", 2.0)
+    monkeypatch.setattr(kill_decision, "KILL_CHECK_RETRY", 0.5)
+    ti = task_instance()
+    async with supervisor_for(ti, state="failed") as supervisor:
+        harness = RunnerHarness(BatchStatusTrigger(batch_id=long_batch, poll_interval=0.2), ti)
+        await _until(lambda: _polled(emulator, long_batch), what="the trigger's first poll")
+        await _until(lambda: supervisor.state_requests(), what="the warm-up request")
+        supervisor.stall_states = 10**6  # the supervisor stops answering
+        await harness.cancel_until_done()
+        await _until(lambda: "Still cannot tell" in logs.text, what="giving up")
+        assert len(supervisor.state_requests()) >= 4  # asked again after the warm-up, a new request each time
+    assert emulator.requests(endpoint="cancel_batch", batch_id=long_batch) == []
+    assert status_of(emulator, long_batch) in ("validating", "in_progress")
+
+
+async def test_kill_while_resolving_the_connection_cancels(
+    emulator: EmulatorHandle, long_batch: str, logs: Logs
+) -> None:
+    """Killed in the first seconds after deferring: the Connection lookup is still in flight."""
+    ti = task_instance()
+    connection = {
+        "conn_id": "qwen_via_supervisor",
+        "conn_type": "qwen_batch",
+        "host": emulator.base_url,
+        "password": emulator.api_key,
+        "extra": json.dumps({"max_retries": 3}),
+        "schema": None,
+        "login": None,
+        "port": None,
+    }
+    async with supervisor_for(ti, state="failed", connection=connection, connection_delay=2.0) as supervisor:
+        trigger = BatchStatusTrigger(batch_id=long_batch, conn_id="qwen_via_supervisor", poll_interval=0.2)
+        harness = RunnerHarness(trigger, ti)
+        await _until(
+            lambda: any(type(m).__name__ == "GetConnection" for m in supervisor.asked), what="lookup"
+        )
+        await harness.cancel_until_done()
+        await harness.finished()
+        await _until(
+            lambda: emulator.requests(endpoint="cancel_batch", batch_id=long_batch), what="the cancel"
+        )
+    assert [c["status"] for c in emulator.requests(endpoint="cancel_batch", batch_id=long_batch)] == [200]
+    assert "cancel_on_kill=False" not in logs.text

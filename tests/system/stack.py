@@ -335,9 +335,29 @@ class AirflowStack:
         component.start()
         return time.monotonic() - stopped
 
+    def add_component(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> Component:
+        """Start one more process on this stack (e.g. a second triggerer); :meth:`stop` stops it too.
+
+        :param name: its name (and log file name).
+        :param args: the ``airflow`` sub-command and its arguments.
+        :param extra_env: environment changes for it only.
+        """
+        component = Component(name, args, dict(self.env, **(extra_env or {})), self.component_logs)
+        self.components[name] = component
+        component.start()
+        return component
+
+    def remove_component(self, name: str) -> None:
+        """Stop a process added with :meth:`add_component` and forget it.
+
+        :param name: its name.
+        """
+        self.components.pop(name).stop()
+
     def stop(self) -> None:
         """Stop every component this stack started (scheduler first: no new task starts)."""
-        for name in ("scheduler", "triggerer", "dag-processor", "api-server"):
+        base = ("scheduler", "triggerer", "dag-processor", "api-server")
+        for name in [*base, *(n for n in self.components if n not in base)]:
             self.components[name].stop()
         if self.api is not None:
             self.api.client.close()
@@ -443,6 +463,16 @@ class AirflowAPI:
         if map_index is not None and map_index >= 0:
             path += f"/{map_index}"
         return self._ok(self.client.patch(path, json={"new_state": "failed"}))
+
+    def alive_job_ids(self, job_type: str) -> set[int]:
+        """Ids of the jobs of one type that heartbeat (e.g. every running triggerer's).
+
+        :param job_type: e.g. ``TriggererJob``.
+        """
+        data = self._ok(
+            self.client.get("/api/v2/jobs", params={"job_type": job_type, "is_alive": True, "limit": 100})
+        )
+        return {int(job["id"]) for job in data["jobs"]}
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """Every task instance of a run (mapped ones one by one)."""
