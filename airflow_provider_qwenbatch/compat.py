@@ -5,13 +5,15 @@ of its own. Each difference is gated by the Airflow version it appeared in (read
 minor's own wheels, ``apache-airflow-core`` 3.0.6 / 3.1.8 / 3.2.2 / 3.3.2 and their task SDK):
 
 ===========================  ===============================  ===========================
-name                         Airflow 3.0 / 3.1                from
+name                         before                           from
 ===========================  ===============================  ===========================
 ``conf``                     ``airflow.configuration.conf``   ``airflow.sdk`` (3.2)
 ``BaseHook``                 ``airflow.hooks.base`` (3.0)     ``airflow.sdk`` (3.1)
 ``mask_secret``              ``...execution_time.secrets_     ``airflow.sdk.log`` (3.1)
                              masker`` (3.0)
 ``AirflowException`` & co.   ``airflow.exceptions``           ``airflow.sdk.exceptions`` (3.2)
+``aread_connection``         ``sync_to_async`` (3.0)          ``BaseHook.aget_connection``
+                                                              (3.1)
 ===========================  ===============================  ===========================
 
 The task-instance state query of the trigger's kill decision lives here too
@@ -25,7 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow import __version__ as AIRFLOW_VERSION
 
@@ -42,12 +45,15 @@ __all__ = [
     "TaskStateUnavailable",
     "aget_task_instance_state",
     "airflow_minor",
+    "aread_connection",
     "conf",
     "dag_bag_class",
     "ensure_sync_sdk_portal",
     "loaded_plugin_errors",
     "mask_secret",
 ]
+
+T = TypeVar("T")
 
 
 def airflow_minor(version: str = AIRFLOW_VERSION) -> tuple[int, int]:
@@ -86,6 +92,24 @@ if TYPE_CHECKING or AIRFLOW_V_3_1_PLUS:
     from airflow.sdk import BaseHook
 else:  # Airflow 3.0: BaseHook is still core's.
     from airflow.hooks.base import BaseHook
+
+
+async def aread_connection(hook: Any, conn_id: str, read: Callable[[Any], T]) -> T:
+    """Look a Connection up and ``read`` it, without blocking the event loop (what a trigger needs).
+
+    :param hook: the hook (or hook class) whose ``aget_connection`` / ``get_connection`` to use.
+    :param conn_id: the Connection id.
+    :param read: what to make of the Connection (it may read ``extra_dejson``).
+    """
+    if TYPE_CHECKING or AIRFLOW_V_3_1_PLUS:
+        return read(await hook.aget_connection(conn_id))
+    # Airflow 3.0: BaseHook has no aget_connection, and reading a Connection's extras masks them
+    # with a sync send to the supervisor, which fails on the event loop's thread. So lookup and
+    # read run in an asgiref worker thread (sync_to_async, not asyncio.to_thread: only from there
+    # does the SDK's async_to_sync send run back on this loop, where the comms streams live).
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(lambda: read(hook.get_connection(conn_id)))()
 
 
 def mask_secret(secret: str, name: str | None = None) -> None:

@@ -12,7 +12,7 @@ import httpx
 from airflow_provider_qwenbatch.client.errors import QwenBatchError
 from airflow_provider_qwenbatch.client.regions import Region
 from airflow_provider_qwenbatch.client.retry import RetryPolicy
-from airflow_provider_qwenbatch.compat import BaseHook
+from airflow_provider_qwenbatch.compat import BaseHook, aread_connection
 
 if TYPE_CHECKING:
     # Imported where used: a DAG file importing an operator should not pay for the clients.
@@ -138,8 +138,7 @@ class QwenBatchHook(BaseHook):
 
     async def aget_settings(self) -> ConnectionSettings:
         """Resolve the Connection without blocking the event loop (for triggers)."""
-        conn = await self.aget_connection(self.qwen_batch_conn_id)
-        return self._settings_from(conn)
+        return await aread_connection(self, self.qwen_batch_conn_id, self._settings_from)
 
     def get_conn(self) -> BatchClient:
         """A new sync client for this Connection (close it, or use it as a context manager)."""
