@@ -65,8 +65,13 @@ def test_providers_manager_knows_hook_connection_type_and_fields() -> None:
         # Airflow 3.0/3.1 build form widgets only from a hook's wtforms get_connection_form_widgets();
         # the provider's "conn-fields" (3.2+) are ignored there: the fields go in the extra JSON.
         assert data["widgets"] == []
-    assert data["behaviour"]["relabeling"]["password"] == "API Key"
-    assert "password" not in data["behaviour"]["hidden_fields"]
+    if AIRFLOW_V_3_2_PLUS:
+        assert data["behaviour"]["relabeling"]["password"] == "API Key"
+        assert "password" not in data["behaviour"]["hidden_fields"]
+    else:
+        # Measured on 3.1.8: ProvidersManager reports no field behaviour for the type (known gap,
+        # README "Compatibility"): the form shows the standard fields, the key goes in Password.
+        assert data["behaviour"] is None
     assert "airflow_provider_qwenbatch.links.QwenBatchConsoleLink" in data["links"]
     assert "qwenbatch_cleanup" in data["plugins"]
 
