@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
-
 from airflow_provider_qwenbatch.client.errors import InputValidationError, QwenBatchError
+from airflow_provider_qwenbatch.compat import AirflowException, AirflowFailException
 
 
 class QwenBatchAirflowError(AirflowException):

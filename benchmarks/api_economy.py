@@ -43,8 +43,7 @@ def _create(handle: EmulatorHandle, tmp: Path, name: str, lines: int = LINES) ->
 
 
 def ours(deferrable: bool, scale: float, out: dict[str, Any]) -> None:
-    from airflow.sdk.exceptions import TaskDeferred
-
+    from airflow_provider_qwenbatch.compat import TaskDeferred
     from airflow_provider_qwenbatch.operators.batch import DownloadBatchResultsOperator, SubmitBatchOperator
 
     name = "ours-deferrable" if deferrable else "ours-worker"

@@ -49,7 +49,10 @@ def main() -> int:
             {"conn_type": "qwen_batch", "password": emu.api_key, "host": emu.base_url}
         )
         from airflow import settings
-        from airflow.dag_processing.dagbag import DagBag
+
+        from airflow_provider_qwenbatch.compat import dag_bag_class
+
+        DagBag = dag_bag_class()
 
         settings.configure_orm()
         bag = DagBag(dag_folder=str(ROOT / "example_dags"))

@@ -27,7 +27,7 @@ _THREADS: set[threading.Thread] = set()
 
 
 def _enabled() -> tuple[bool, str]:
-    from airflow.sdk import conf
+    from airflow_provider_qwenbatch.compat import conf
 
     enabled = conf.getboolean("qwenbatch", "cancel_on_dag_run_failed", fallback=True)
     conn_id = conf.get("qwenbatch", "default_conn_id", fallback="qwen_batch_default")

@@ -171,7 +171,7 @@ class QwenBatchAdapter(BatchAdapter):
             key = api_key or os.environ.get(API_KEY_ENV, "")
             if key and not api_key:
                 # Airflow masks a Connection's password itself; a key from the environment is masked here.
-                from airflow.sdk.log import mask_secret
+                from airflow_provider_qwenbatch.compat import mask_secret
 
                 mask_secret(key)
             client = BatchClient(key, self.base_url, logger=log)

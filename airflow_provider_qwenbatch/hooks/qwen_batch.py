@@ -8,11 +8,11 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from airflow.sdk import BaseHook
 
 from airflow_provider_qwenbatch.client.errors import QwenBatchError
 from airflow_provider_qwenbatch.client.regions import Region, validate_workspace_id, workspace_base_url
 from airflow_provider_qwenbatch.client.retry import RetryPolicy
+from airflow_provider_qwenbatch.compat import BaseHook, aread_connection
 
 if TYPE_CHECKING:
     # Imported where used: a DAG file importing an operator should not pay for the clients.
@@ -148,8 +148,7 @@ class QwenBatchHook(BaseHook):
 
     async def aget_settings(self) -> ConnectionSettings:
         """Resolve the Connection without blocking the event loop (for triggers)."""
-        conn = await self.aget_connection(self.qwen_batch_conn_id)
-        return self._settings_from(conn)
+        return await aread_connection(self, self.qwen_batch_conn_id, self._settings_from)
 
     def get_conn(self) -> BatchClient:
         """A new sync client for this Connection (close it, or use it as a context manager)."""
@@ -269,7 +268,7 @@ def settings_from_connection(conn_id: str, conn: Any, log: Any) -> ConnectionSet
                 f"Connection {conn_id!r} has no API key (the password field) and {API_KEY_ENV} is not set"
             )
         # Airflow masks Connection passwords itself; a key from the environment must be masked here.
-        from airflow.sdk.log import mask_secret
+        from airflow_provider_qwenbatch.compat import mask_secret
 
         mask_secret(api_key)
         seen = (conn_id, _task_key())

@@ -5,22 +5,20 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import BaseOperator, conf
+from airflow.sdk import BaseOperator
+from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR as _FAIL
+from airflow.sdk.bases.operator import TriggerFailureReason
 
+from airflow_provider_qwenbatch.compat import conf
 from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
 from airflow_provider_qwenbatch.task_connection import QwenBatchConnectionMixin
 
 BATCH_ID_XCOM_KEY = "batch_id"
 
-try:  # Airflow's own names for how a deferred task is resumed when its trigger did not fire
-    from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR as _FAIL
-    from airflow.sdk.bases.operator import TriggerFailureReason
-
-    TRIGGER_FAIL_REPR: str = _FAIL
-    TRIGGER_TIMEOUT: str = TriggerFailureReason.TRIGGER_TIMEOUT.value
-except ImportError:  # older task SDKs: the same values
-    TRIGGER_FAIL_REPR = "__fail__"
-    TRIGGER_TIMEOUT = "Trigger timeout"
+# Airflow's own names for how a deferred task is resumed when its trigger did not fire (the
+# same in every supported minor, 3.1 and 3.3).
+TRIGGER_FAIL_REPR: str = _FAIL
+TRIGGER_TIMEOUT: str = TriggerFailureReason.TRIGGER_TIMEOUT.value
 
 
 def default_deferrable() -> bool:

@@ -7,8 +7,9 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
+from airflow_provider_qwenbatch.compat import conf
 from airflow_provider_qwenbatch.exceptions import BatchFailedError, QwenBatchAirflowError, as_airflow_errors
 from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
 from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, describe_end
@@ -101,7 +102,7 @@ class BatchStatusSensor(QwenBatchConnectionMixin, BaseSensorOperator):
             raise QwenBatchAirflowError(payload.message)
         exc = BatchFailedError(payload.message, payload.batch_id, payload.batch_status or "unknown")
         if self.soft_fail:
-            from airflow.sdk.exceptions import AirflowSkipException
+            from airflow_provider_qwenbatch.compat import AirflowSkipException
 
             raise AirflowSkipException(f"soft_fail: {payload.message}") from exc
         raise exc

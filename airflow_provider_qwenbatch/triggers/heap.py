@@ -39,6 +39,6 @@ def freeze_startup_heap() -> bool:
 
 
 def _enabled() -> bool:
-    from airflow.sdk import conf
+    from airflow_provider_qwenbatch.compat import conf
 
     return conf.getboolean("qwenbatch", "trigger_freeze_startup_heap", fallback=True)

@@ -194,7 +194,7 @@ async def decide_kill(
     assert ti is not None  # decide_from_marker settles every case without one
     try:
         state = await asyncio.wait_for(_ask(ti, query), wait)
-    except TimeoutError:
+    except (TimeoutError, asyncio.TimeoutError):  # distinct classes on Python 3.10
         return KillDecision(
             Verdict.UNKNOWN, f"the state of task instance {ti} did not come within {wait:g} s"
         )

@@ -334,7 +334,7 @@ _WATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, .
 
 
 def _rate(option: str, default: float, minimum_exclusive: bool) -> float:
-    from airflow.sdk import conf
+    from airflow_provider_qwenbatch.compat import conf
 
     raw = conf.get("qwenbatch", option, fallback=None)
     if raw is None or str(raw).strip() == "":

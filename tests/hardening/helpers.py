@@ -7,8 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowFailException
-
+from airflow_provider_qwenbatch.compat import AirflowFailException
 from airflow_provider_qwenbatch.emulator.server import EmulatorHandle
 from tests.integration.helpers import StubTI as _CheckedStubTI
 

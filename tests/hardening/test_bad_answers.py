@@ -15,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_qwenbatch.client.errors import (
     AuthenticationError,
@@ -25,6 +24,7 @@ from airflow_provider_qwenbatch.client.errors import (
 )
 from airflow_provider_qwenbatch.client.retry import RetryPolicy
 from airflow_provider_qwenbatch.client.sync import BatchClient
+from airflow_provider_qwenbatch.compat import AirflowException
 from airflow_provider_qwenbatch.emulator.server import EmulatorHandle
 from airflow_provider_qwenbatch.operators.batch import DownloadBatchResultsOperator, SubmitBatchOperator
 from airflow_provider_qwenbatch.sensors.batch import BatchStatusSensor

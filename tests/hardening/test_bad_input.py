@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_qwenbatch.client.identity import BatchTag
+from airflow_provider_qwenbatch.compat import AirflowException
 from airflow_provider_qwenbatch.emulator.server import EmulatorHandle
 from airflow_provider_qwenbatch.exceptions import BatchInputError
 from airflow_provider_qwenbatch.operators.batch import SubmitBatchOperator

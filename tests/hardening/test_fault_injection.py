@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider_qwenbatch.client.identity import BatchTag, find_tags
+from airflow_provider_qwenbatch.compat import TaskDeferred
 from airflow_provider_qwenbatch.emulator.server import EmulatorHandle
 from airflow_provider_qwenbatch.exceptions import BatchFailedError
 from airflow_provider_qwenbatch.operators.batch import DownloadBatchResultsOperator, SubmitBatchOperator

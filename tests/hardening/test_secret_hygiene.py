@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
 
+from airflow_provider_qwenbatch.compat import AirflowException
 from airflow_provider_qwenbatch.emulator.config import EmulatorConfig
 from airflow_provider_qwenbatch.emulator.server import EmulatorHandle, EmulatorProcess
 from airflow_provider_qwenbatch.operators.batch import SubmitBatchOperator
@@ -73,7 +73,9 @@ def secret_emulator(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator
 
 
 def _pipeline() -> Any:
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow_provider_qwenbatch.compat import dag_bag_class
+
+    DagBag = dag_bag_class()
 
     bag = DagBag(dag_folder=str(ROOT / "example_dags" / "example_qwenbatch_pipeline.py"))
     assert not bag.import_errors, bag.import_errors

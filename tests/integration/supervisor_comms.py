@@ -22,6 +22,8 @@ from typing import Any
 import msgspec
 from pydantic import TypeAdapter
 
+from airflow_provider_qwenbatch.compat import AIRFLOW_V_3_2_PLUS
+
 
 @dataclass
 class SupervisorDouble:
@@ -59,7 +61,8 @@ class SupervisorDouble:
         reader, writer = await asyncio.open_connection(sock=runner_sock)
         # socket: the sync side of the same channel (Airflow opens fd 0, a socket in a triggerer).
         self.decoder = TriggerCommsDecoder(async_writer=writer, async_reader=reader, socket=runner_sock)
-        await self.decoder.start_reader()
+        if AIRFLOW_V_3_2_PLUS:  # from 3.2 a reader task routes the answers (init_comms starts it)
+            await self.decoder.start_reader()
         self._previous = getattr(task_runner, "SUPERVISOR_COMMS", None)
         task_runner.SUPERVISOR_COMMS = self.decoder
         self._reader, self._writer = await asyncio.open_connection(sock=supervisor_sock)
@@ -74,7 +77,7 @@ class SupervisorDouble:
         task_runner.SUPERVISOR_COMMS = self._previous
         for task in (self._serving, *self._tasks):
             task.cancel()
-        if self.decoder._reader_task is not None:
+        if getattr(self.decoder, "_reader_task", None) is not None:  # 3.2+
             self.decoder._reader_task.cancel()
         self._writer.close()
 

@@ -20,7 +20,9 @@ def dags(
 ) -> dict[str, Any]:
     monkeypatch.setenv("QWENBATCH_POLL_INTERVAL", "0.5")
     monkeypatch.setenv("QWENBATCH_RESULTS_DIR", str(tmp_path / "results"))
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow_provider_qwenbatch.compat import dag_bag_class
+
+    DagBag = dag_bag_class()
 
     bag = DagBag(dag_folder=str(ROOT / "example_dags"))
     assert not bag.import_errors, bag.import_errors

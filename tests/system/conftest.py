@@ -237,6 +237,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     }
     CACHE.mkdir(exist_ok=True)
     (CACHE / "system-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # Per Airflow version too: `make test-compat` puts each minor's figures in one table.
+    (CACHE / f"system-summary-{summary['airflow']}.json").write_text(json.dumps(summary, indent=2) + "\n")
     tr = terminalreporter
     tr.section("qwenbatch system scenarios: abort -> cancel request at the emulator")
     for row in rows:
