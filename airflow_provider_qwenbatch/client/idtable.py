@@ -67,7 +67,7 @@ class CompactIdIndex:
         old = (self._hash, self._check, self._line)
         self._allocate(self._mask.bit_length() + 1)
         hashes, checks, lines, mask = self._hash, self._check, self._line, self._mask
-        for h, c, first in zip(*old):
+        for h, c, first in zip(*old, strict=True):
             if first == 0:
                 continue
             i = h & mask

@@ -108,7 +108,7 @@ class InputSummary:
 _THINKING_BY_DEFAULT = re.compile(r"qwen3\.[567](?:[-.]|$)")
 _THINKING_MESSAGE = (
     "model {model!r} thinks by default and bills the thinking tokens (several times the estimate); "
-    "set \"enable_thinking\": false (or true) at the top level of body to choose"
+    'set "enable_thinking": false (or true) at the top level of body to choose'
 )
 _MAX_TOKENS_MESSAGE = "max_tokens is deprecated by DashScope (since 2026-05-30); use max_completion_tokens"
 
@@ -185,6 +185,7 @@ class Checker:
             self.add(None, "invalid_endpoint", f"endpoint {endpoint!r} is not one of {', '.join(ENDPOINTS)}")
 
     def add(self, line: int | None, rule: str, message: str, field: str | None = None) -> None:
+        """Record one problem (the first :data:`MAX_PROBLEMS` are kept)."""
         if len(self.problems) >= MAX_PROBLEMS:
             self.truncated = True
             return
@@ -295,6 +296,7 @@ class Checker:
             self.note(n, "deprecated_max_tokens", _MAX_TOKENS_MESSAGE, "body.max_tokens")
 
     def note(self, n: int, rule: str, message: str, field: str) -> None:
+        """Count one request that has a billing surprise (the first one's position is kept)."""
         entry = self.notes.get(rule)
         if entry is None:
             self.notes[rule] = [n, 1, field, message]
@@ -331,6 +333,7 @@ class Checker:
             raise InputValidationError(self.source, self.problems, truncated=self.truncated, unit=self.unit)
 
     def check_file_limits(self) -> None:
+        """The per-file size limits (the API's, and the test model's)."""
         limits = self.limits
         if self.model == TEST_MODEL:
             if self.lines > TEST_MAX_LINES:
@@ -389,7 +392,7 @@ def open_input(local: str, source: str) -> IO[bytes]:
     :param source: how to name the file in errors.
     """
     try:
-        return open(local, "rb")  # noqa: SIM115 - the caller closes it
+        return open(local, "rb")
     except OSError as exc:
         raise InputValidationError(source, [ValidationProblem(None, "unreadable", str(exc))]) from None
 
@@ -422,7 +425,9 @@ def scan_lines(
             # Over-long line: skip the rest of it without holding it in memory.
             extra = _skip_rest_of_line(fh, hash_bytes)
             checker.bytes += extra
-            checker.add(n, "line_too_large", f"line is {len(raw) + extra} bytes; at most {limits.max_line_bytes}")
+            checker.add(
+                n, "line_too_large", f"line is {len(raw) + extra} bytes; at most {limits.max_line_bytes}"
+            )
             checker.lines += 1
             continue
         line = raw.rstrip(b"\r\n")

@@ -134,7 +134,11 @@ def merge_results(
     if logger is not None:
         t = summary.total
         logger.info(
-            "merged %d results: %d succeeded, %d failed (%d retryable)", t.lines, t.succeeded, t.failed, summary.retryable
+            "merged %d results: %d succeeded, %d failed (%d retryable)",
+            t.lines,
+            t.succeeded,
+            t.failed,
+            summary.retryable,
         )
     return summary
 
@@ -219,7 +223,18 @@ def _index_results(
                 # An unreadable line has no custom_id: a key of its own keeps it (never merged away).
                 cid = o.custom_id if o.custom_id is not None else f"\x00{f}:{off}"
                 rows.append(
-                    (cid, f, off, len(raw), int(o.ok), int(o.retryable), *o.usage, files.shard or 0, o.error or None, n)
+                    (
+                        cid,
+                        f,
+                        off,
+                        len(raw),
+                        int(o.ok),
+                        int(o.retryable),
+                        *o.usage,
+                        files.shard or 0,
+                        o.error or None,
+                        n,
+                    )
                 )
                 lines += 1
                 if len(rows) >= _BATCH_ROWS:
@@ -281,7 +296,9 @@ def _merge_indexed(
                 raw = readers.read(f, off, length)
                 (out if ok else err).write(_newline(raw))
                 readable = not cid.startswith("\x00")
-                outcome = LineOutcome(cid if readable else None, bool(ok), bool(retry), error or "", (pt, ct, tt))
+                outcome = LineOutcome(
+                    cid if readable else None, bool(ok), bool(retry), error or "", (pt, ct, tt)
+                )
                 _record(summary, shard, outcome, n)
     finally:
         if readers is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -80,7 +79,15 @@ class ResultCounts:
 # internal error, throttling) counts, and a line with an HTTP status is judged by the status.
 _EXPIRED_HINTS = ("expire",)
 _CANCELLED_HINTS = ("cancel",)
-_TRANSIENT_HINTS = ("timeout", "timed_out", "internal", "server_error", "unavailable", "throttl", "rate_limit")
+_TRANSIENT_HINTS = (
+    "timeout",
+    "timed_out",
+    "internal",
+    "server_error",
+    "unavailable",
+    "throttl",
+    "rate_limit",
+)
 _RETRYABLE_STATUS = frozenset({408, 429})
 
 

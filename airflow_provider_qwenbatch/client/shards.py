@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from airflow_provider_qwenbatch.client.idtable import CompactIdIndex
 from airflow_provider_qwenbatch.client.identity import InputFingerprint
+from airflow_provider_qwenbatch.client.idtable import CompactIdIndex
 from airflow_provider_qwenbatch.client.jsonl import (
     DEFAULT_LIMITS,
     TEST_MAX_FILE_BYTES,
@@ -108,9 +108,7 @@ class ShardPlan:
             Path(shard.path).unlink(missing_ok=True)
 
 
-def shard_limits(
-    model: str | None, limits: InputLimits, max_lines_per_batch: int | None
-) -> tuple[int, int]:
+def shard_limits(model: str | None, limits: InputLimits, max_lines_per_batch: int | None) -> tuple[int, int]:
     """The lines and bytes one shard may hold: the API's per-file limits, the test model's, the caller's.
 
     :param model: the input's model (``batch-test-model`` has 100 lines / 1 MB).
@@ -170,7 +168,9 @@ class _ShardWriter:
         max_lines, max_bytes = self._limits()
         if len(data) > max_bytes:
             self.checker.add(
-                n, "line_too_large", f"line is {len(data)} bytes; one batch of this model holds at most {max_bytes}"
+                n,
+                "line_too_large",
+                f"line is {len(data)} bytes; one batch of this model holds at most {max_bytes}",
             )
             return
         if self._fh is None or self._lines >= max_lines or self._bytes + len(data) > max_bytes:
