@@ -20,7 +20,12 @@ TEST_URL = "/v1/chat/ds-test"
 
 
 def req(cid: str, model: str = "qwen-flash", url: str = CHAT, text: str = "hi") -> dict[str, Any]:
-    return {"custom_id": cid, "method": "POST", "url": url, "body": {"model": model, "messages": [{"role": "user", "content": text}]}}
+    return {
+        "custom_id": cid,
+        "method": "POST",
+        "url": url,
+        "body": {"model": model, "messages": [{"role": "user", "content": text}]},
+    }
 
 
 def write(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -77,7 +82,11 @@ def test_default_cap_is_the_api_line_limit_and_bigger_is_refused(tmp_path: Path)
 
 
 def test_more_than_50000_lines_become_batches_of_50000(tmp_path: Path) -> None:
-    plan = split_requests(({"custom_id": str(i), "body": {"model": "qwen-flash", "input": "x"}} for i in range(50_001)), "/v1/embeddings", folder=tmp_path)
+    plan = split_requests(
+        ({"custom_id": str(i), "body": {"model": "qwen-flash", "input": "x"}} for i in range(50_001)),
+        "/v1/embeddings",
+        folder=tmp_path,
+    )
     assert [s.summary.lines for s in plan.shards] == [50_000, 1]
     assert plan.shards[1].first_line == 50_001
 
@@ -94,7 +103,10 @@ def test_test_model_limits_apply_per_shard(tmp_path: Path) -> None:
 
 
 def test_test_model_line_over_1mb_is_named(tmp_path: Path) -> None:
-    rows = [req("a", model="batch-test-model", url=TEST_URL), req("b", model="batch-test-model", url=TEST_URL, text="x" * 1_100_000)]
+    rows = [
+        req("a", model="batch-test-model", url=TEST_URL),
+        req("b", model="batch-test-model", url=TEST_URL, text="x" * 1_100_000),
+    ]
     src = write(tmp_path / "in.jsonl", rows)
     with pytest.raises(InputValidationError) as info:
         split_jsonl_file(src, TEST_URL, folder=tmp_path / "out")
@@ -111,7 +123,9 @@ def test_duplicate_across_shards_names_the_original_lines_and_keeps_no_shard(tmp
     with pytest.raises(InputValidationError) as info:
         split_jsonl_file(src, CHAT, folder=out, max_lines_per_batch=100)
     text = str(info.value)
-    assert f"{src}:250: [duplicate_custom_id] field 'custom_id': custom_id 'c7' already used on line 7" in text
+    assert (
+        f"{src}:250: [duplicate_custom_id] field 'custom_id': custom_id 'c7' already used on line 7" in text
+    )
     assert "shard-0" not in text
     # All or nothing: no shard file is left to be uploaded; the caller's file stays.
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
