@@ -137,6 +137,11 @@ def _parse_constant(name: str) -> float:
     return _NonFinite(name)
 
 
+# One decoder for every line: ``json.loads(..., parse_constant=...)`` builds a new one per call,
+# a tenth of the time of a large input's pass.
+_DECODER = json.JSONDecoder(parse_constant=_parse_constant)
+
+
 def _non_finite_path(value: Any, path: str) -> str | None:
     """The dotted path of the first NaN/Infinity inside ``value``, or None."""
     if isinstance(value, float) and (isinstance(value, _NonFinite) or not math.isfinite(value)):
@@ -207,7 +212,7 @@ class Checker:
             self.add(n, "empty_line", "blank line; every line must be one JSON request")
             return
         try:
-            obj = json.loads(text, parse_constant=_parse_constant)
+            obj = _DECODER.decode(text)
         except ValueError as exc:
             self.add(n, "invalid_json", f"not valid JSON: {exc}")
             return

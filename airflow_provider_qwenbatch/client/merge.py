@@ -82,7 +82,7 @@ def _lines(path: str) -> Iterator[tuple[int, int, bytes]]:
     with open(path, "rb") as fh:
         offset = 0
         for n, raw in enumerate(fh, start=1):
-            if raw.strip():
+            if not raw.isspace():  # (strip() would copy every line)
                 yield n, offset, raw
             offset += len(raw)
 
@@ -92,8 +92,10 @@ def _newline(raw: bytes) -> bytes:
 
 
 def _record(summary: MergeSummary, shard: int, outcome: LineOutcome, n: int) -> None:
-    summary.total.record(outcome, n)
-    summary.per_shard.setdefault(shard, ResultCounts()).record(outcome, n)
+    counts = summary.per_shard.get(shard)
+    if counts is None:
+        counts = summary.per_shard[shard] = ResultCounts()
+    counts.record(outcome, n)
     if outcome.retryable:
         summary.retryable += 1
 
@@ -131,6 +133,8 @@ def merge_results(
             _merge_indexed(results, out, err, summary, order, inputs, retry_cancelled, work_dir, logger)
         else:
             _merge_streaming(results, out, err, summary, retry_cancelled, logger)
+    for counts in summary.per_shard.values():
+        summary.total.add(counts)
     if logger is not None:
         t = summary.total
         logger.info(

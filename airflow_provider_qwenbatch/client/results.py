@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -133,12 +134,44 @@ def is_retryable(line: BatchResultLine, *, retry_cancelled: bool = True) -> bool
     return retry_cancelled and any(h in low for h in _CANCELLED_HINTS)
 
 
+def _plain_success(raw: bytes | str) -> LineOutcome | None:
+    """The common case, judged without building the pydantic model: HTTP 200, no error, plain usage.
+
+    Anything else (or anything unusual) returns None and goes through :class:`BatchResultLine`,
+    so the rule stays the model's ``ok``; this only skips building it for ordinary successes.
+    """
+    try:
+        d = json.loads(raw)
+    except ValueError:
+        return None
+    if type(d) is not dict or d.get("error") is not None:
+        return None
+    cid, response = d.get("custom_id"), d.get("response")
+    if type(cid) is not str or type(response) is not dict or type(response.get("status_code")) is not int:
+        return None
+    if response["status_code"] != 200:
+        return None
+    body = response.get("body")
+    usage = body.get("usage") if type(body) is dict else None
+    if usage is None:
+        return LineOutcome(cid, True)
+    if type(usage) is not dict:
+        return LineOutcome(cid, True)  # the model's ``usage`` ignores a usage that is not an object
+    tokens = tuple(usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
+    if not all(type(t) is int for t in tokens):
+        return None
+    return LineOutcome(cid, True, usage=(tokens[0], tokens[1], tokens[2]))
+
+
 def classify_line(raw: bytes | str, *, retry_cancelled: bool = True) -> LineOutcome:
     """Judge one line of an output or error file; the one rule every counter and merger uses.
 
     :param raw: the line as read.
     :param retry_cancelled: see :func:`is_retryable`.
     """
+    fast = _plain_success(raw)
+    if fast is not None:
+        return fast
     try:
         line = BatchResultLine.model_validate_json(raw)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError, bad JSON included

@@ -218,3 +218,26 @@ def test_merge_memory_does_not_grow_with_the_files(tmp_path: Path, order: str) -
     tracemalloc.stop()
     assert summary.total.succeeded == 60_000
     assert peak < 8 * 1024 * 1024, peak
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+        {"prompt_tokens": 3},
+        "not an object",
+        {"prompt_tokens": "3"},
+        None,
+    ],
+)
+def test_success_shortcut_agrees_with_the_model(usage: object) -> None:
+    from airflow_provider_qwenbatch.client.models import BatchResultLine
+
+    raw = json.dumps(
+        {"custom_id": "x", "response": {"status_code": 200, "body": {"usage": usage}}, "error": None}
+    )
+    line = BatchResultLine.model_validate_json(raw)
+    o = classify_line(raw)
+    u = line.usage
+    assert o.ok is line.ok is True
+    assert o.usage == ((u.prompt_tokens, u.completion_tokens, u.total_tokens) if u else (0, 0, 0))
