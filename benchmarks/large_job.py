@@ -45,7 +45,7 @@ def write_input(path: Path, lines: int) -> int:
     pad = LINE_BYTES - len(head % 0) - len(tail)
     with path.open("w", encoding="utf-8", buffering=1 << 20) as fh:
         for i in range(lines):
-            fh.write(head % i + ("q%d " % i).ljust(pad, "x") + tail)
+            fh.write(head % i + f"q{i} ".ljust(pad, "x") + tail)
     return path.stat().st_size
 
 
@@ -71,7 +71,7 @@ def write_results(folder: Path, shards: int, per_shard: int) -> list[str]:
         path = folder / f"output-{s:05d}.jsonl"
         with path.open("w", encoding="utf-8", buffering=1 << 20) as fh:
             for _ in range(per_shard):
-                fh.write(template.replace('"CID"', '"req-%08d"' % n, 1) + "\n")
+                fh.write(template.replace('"CID"', f'"req-{n:08d}"', 1) + "\n")
                 n += 1
         paths.append(str(path))
     return paths
