@@ -161,11 +161,18 @@ class _ShardWriter:
         return self._caps[1], self._caps[2]
 
     def add(self, n: int, data: bytes) -> None:
-        """Place one request line (newline included) read at original position ``n``."""
+        """Place one request line read at original position ``n`` (a missing final newline is added)."""
         if self.checker.problems:
             # The input is refused anyway: keep checking, stop writing.
             return
-        max_lines, max_bytes = self._limits()
+        if not data.endswith(b"\n"):
+            data += b"\n"
+        caps = self._caps
+        if caps is None or caps[0] is not self.checker.model:
+            self._limits()
+            caps = self._caps
+            assert caps is not None
+        _, max_lines, max_bytes = caps
         if len(data) > max_bytes:
             self.checker.add(
                 n,
@@ -281,11 +288,7 @@ def split_jsonl_file(
 
     def feed(checker: Checker, writer: _ShardWriter) -> None:
         with open_input(local, name) as fh:
-
-            def place(n: int, raw: bytes) -> None:
-                writer.add(n, raw if raw.endswith(b"\n") else raw + b"\n")
-
-            scan_lines(fh, checker, None, place)
+            scan_lines(fh, checker, None, writer.add)
 
     return _run(name, endpoint, folder, limits, max_lines_per_batch, "line", strict_cost, feed)
 
