@@ -215,3 +215,32 @@ def test_memory_does_not_grow_with_the_input(tmp_path: Path) -> None:
     tracemalloc.stop()
     assert plan.total_lines == 50_000
     assert peak < 4 * 1024 * 1024, peak
+
+
+def test_strict_cost_refuses_a_split_and_keeps_no_shard(tmp_path: Path) -> None:
+    rows = [req(f"c{i}") for i in range(150)]
+    rows[120]["body"]["max_tokens"] = 5
+    with pytest.raises(InputValidationError) as info:
+        split_requests(rows, CHAT, folder=tmp_path, max_lines_per_batch=100, strict_cost=True)
+    assert "request 121 (index 120): [deprecated_max_tokens]" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unencodable_request_is_named_by_position(tmp_path: Path) -> None:
+    rows = [req("a"), req("b")]
+    rows[1]["body"]["temperature"] = float("nan")
+    with pytest.raises(InputValidationError, match=r"request 2 \(index 1\): \[invalid_number\]"):
+        split_requests(rows, CHAT, folder=tmp_path)
+
+
+def test_warnings_are_logged_once_per_rule(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from airflow_provider_qwenbatch.client.jsonl import log_input_warnings, validate_jsonl_file
+
+    rows = [req(f"c{i}", model="qwen3.7-max") for i in range(30)]
+    summary = validate_jsonl_file(write(tmp_path / "in.jsonl", rows), CHAT)
+    log_input_warnings(summary, logging.getLogger("qwenbatch.test"))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "qwenbatch.test"]
+    assert len(warnings) == 1
+    assert "in.jsonl:1: [thinking_default_on]" in warnings[0] and "30 requests" in warnings[0]
