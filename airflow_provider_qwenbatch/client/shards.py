@@ -38,6 +38,7 @@ from airflow_provider_qwenbatch.client.jsonl import (
     open_input,
     scan_lines,
 )
+from airflow_provider_qwenbatch.client.logs import LoggerLike
 from airflow_provider_qwenbatch.client.models import TEST_MODEL
 
 
@@ -138,8 +139,10 @@ class _ShardWriter:
         endpoint: str,
         limits: InputLimits,
         max_lines_per_batch: int | None,
+        logger: LoggerLike | None = None,
     ) -> None:
         self.checker = checker
+        self.logger = logger
         self.folder = folder
         self.endpoint = endpoint
         self.limits = limits
@@ -209,6 +212,16 @@ class _ShardWriter:
         )
         self.shards.append(Shard(len(self.shards) + 1, summary, self._first, self._last))
         self._fh = None
+        if self.logger is not None:
+            self.logger.info(
+                "shard %d: %d lines, %d bytes (input %s %d-%d)",
+                len(self.shards),
+                summary.lines,
+                summary.bytes,
+                self.checker.unit + "s",
+                self._first,
+                self._last,
+            )
 
     def finish(self) -> list[Shard]:
         self._close()
@@ -229,13 +242,14 @@ def _run(
     unit: str,
     strict_cost: bool,
     feed: Any,
+    logger: LoggerLike | None,
 ) -> ShardPlan:
     shard_limits(None, limits, max_lines_per_batch)  # a bad cap fails before any file is made
     owns = folder is None
     where = Path(tempfile.mkdtemp(prefix="qwenbatch-shards-")) if folder is None else Path(folder)
     where.mkdir(parents=True, exist_ok=True)
     checker = Checker(source, endpoint, limits, unit, strict_cost=strict_cost, seen=CompactIdIndex())
-    writer = _ShardWriter(checker, where, endpoint, limits, max_lines_per_batch)
+    writer = _ShardWriter(checker, where, endpoint, limits, max_lines_per_batch, logger)
     plan = ShardPlan(source, endpoint, None, os.fspath(where), owns_folder=owns)
     try:
         feed(checker, writer)
@@ -266,6 +280,7 @@ def split_jsonl_file(
     limits: InputLimits = DEFAULT_LIMITS,
     source: str | None = None,
     strict_cost: bool = False,
+    logger: LoggerLike | None = None,
 ) -> ShardPlan:
     """Validate a JSONL input file of any size and split it into shards, in one streaming pass.
 
@@ -280,6 +295,7 @@ def split_jsonl_file(
     :param limits: the per-batch limits (each shard keeps them; the input as a whole need not).
     :param source: how to name the input in errors (default: the path).
     :param strict_cost: refuse the billing surprises instead of returning them as warnings.
+    :param logger: logs each shard as it is completed (lines, bytes, original line range).
     :raises InputValidationError: naming the original file and line of each problem; no shard is kept.
     :raises ValueError: when ``max_lines_per_batch`` is out of range.
     """
@@ -290,7 +306,7 @@ def split_jsonl_file(
         with open_input(local, name) as fh:
             scan_lines(fh, checker, None, writer.add)
 
-    return _run(name, endpoint, folder, limits, max_lines_per_batch, "line", strict_cost, feed)
+    return _run(name, endpoint, folder, limits, max_lines_per_batch, "line", strict_cost, feed, logger)
 
 
 def split_requests(
@@ -302,6 +318,7 @@ def split_requests(
     limits: InputLimits = DEFAULT_LIMITS,
     source: str = "requests",
     strict_cost: bool = False,
+    logger: LoggerLike | None = None,
 ) -> ShardPlan:
     """Validate request dicts (a list, or a generator of any length) and write them as shards.
 
@@ -315,6 +332,7 @@ def split_requests(
     :param limits: the per-batch limits.
     :param source: how to name the input in errors.
     :param strict_cost: refuse the billing surprises instead of returning them as warnings.
+    :param logger: logs each shard as it is completed.
     :raises InputValidationError: naming each request's position; no shard is kept.
     """
 
@@ -324,4 +342,4 @@ def split_requests(
             if data is not None:
                 writer.add(n, data)
 
-    return _run(source, endpoint, folder, limits, max_lines_per_batch, "request", strict_cost, feed)
+    return _run(source, endpoint, folder, limits, max_lines_per_batch, "request", strict_cost, feed, logger)

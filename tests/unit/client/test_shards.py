@@ -52,9 +52,15 @@ def test_split_by_lines_keeps_every_line_in_order_and_each_shard_validates(tmp_p
         assert validate_jsonl_file(shard.path, CHAT).sha256 == shard.summary.sha256
 
 
-def test_exact_line_boundary_makes_no_empty_shard(tmp_path: Path) -> None:
+def test_exact_line_boundary_makes_no_empty_shard(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
     src = write(tmp_path / "in.jsonl", [req(f"c{i}") for i in range(200)])
-    plan = split_jsonl_file(src, CHAT, folder=tmp_path / "out", max_lines_per_batch=100)
+    plan = split_jsonl_file(
+        src, CHAT, folder=tmp_path / "out", max_lines_per_batch=100, logger=logging.getLogger("qb.split")
+    )
+    logged = [r.getMessage() for r in caplog.records if r.name == "qb.split"]
+    assert logged[1].startswith("shard 2: 100 lines") and logged[1].endswith("(input lines 101-200)")
     assert [s.summary.lines for s in plan.shards] == [100, 100]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["shard-00001.jsonl", "shard-00002.jsonl"]
 
