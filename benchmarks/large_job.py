@@ -271,7 +271,11 @@ def main() -> None:
         + f"\n\nGoals: RSS growth < {GOAL_RSS_MB:.0f} MB: {met(worst_rss < GOAL_RSS_MB)} ({worst_rss:.0f} MB worst); "
         f"validate+split >= {GOAL_SPLIT}: {met(ratio_split >= GOAL_SPLIT)} ({ratio_split:.2f}); "
         f"merge >= {GOAL_MERGE}: {met(ratio_merge >= GOAL_MERGE)} ({ratio_merge:.2f}). "
-        f"Upload measured on {len(subset)} shards only (the Python emulator on the same 2 cores)."
+        + (
+            f"Upload measured on {len(subset)} of {len(shards)} shards (the Python emulator on the same 2 cores)."
+            if len(subset) < len(shards)
+            else f"Upload: all {len(shards)} shards to the emulator (its own process, same 2 cores)."
+        )
     )
     print("\n" + body)
     if not args.no_write:
