@@ -157,10 +157,10 @@ def _plain_success(raw: bytes | str) -> LineOutcome | None:
         return LineOutcome(cid, True)
     if type(usage) is not dict:
         return LineOutcome(cid, True)  # the model's ``usage`` ignores a usage that is not an object
-    tokens = tuple(usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
-    if not all(type(t) is int for t in tokens):
+    p, c, t = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), usage.get("total_tokens", 0)
+    if type(p) is not int or type(c) is not int or type(t) is not int:
         return None
-    return LineOutcome(cid, True, usage=(tokens[0], tokens[1], tokens[2]))
+    return LineOutcome(cid, True, usage=(p, c, t))
 
 
 def classify_line(raw: bytes | str, *, retry_cancelled: bool = True) -> LineOutcome:
