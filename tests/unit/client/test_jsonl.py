@@ -519,3 +519,11 @@ def test_write_jsonl_warns_with_request_positions_and_strict_cost_removes_the_fi
 def test_embeddings_never_warn_about_thinking(tmp_path: Path) -> None:
     row = req("e", url="/v1/embeddings", model="qwen3.6-plus")
     assert validate_jsonl_file(write(tmp_path, line(row)), "/v1/embeddings").warnings == ()
+
+
+@pytest.mark.parametrize("text", ['{"a":1} x', '{"a"', "[1,", '{"custom_id": "1"}}'])
+def test_invalid_json_message_is_pythons_own(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ValueError) as expected:
+        json.loads(text)
+    err = problem(write(tmp_path, text.encode() + b"\n"), rule="invalid_json", line_no=1)
+    assert str(expected.value) in err.problems[0].message
