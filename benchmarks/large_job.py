@@ -8,8 +8,8 @@ measured in the same run, in its own subprocess too.
 - validate + split: :func:`~airflow_provider_qwenbatch.client.shards.split_jsonl_file` (every
   rule of the validator, the compact id table, shard files written and hashed);
 - upload: the shards to the emulator (a separate process on 127.0.0.1) with
-  ``BatchClient.upload_file``; only the first ``--upload-shards`` shards (the Python emulator
-  writes every byte it receives to disk on the same 2 cores);
+  ``BatchClient.upload_file``; all of them (``--upload-shards N``: only the first N; the
+  Python emulator writes every byte it receives to disk on the same 2 cores);
 - merge: ``merge_results`` of one output file per shard (the emulator's result-line shape),
   streaming (``order="results"``) and with the on-disk index (``order="input"``).
 """
@@ -153,7 +153,7 @@ def main() -> None:
     p.add_argument("--worker", default="")
     p.add_argument("--args", default="{}")
     p.add_argument("--lines", type=int, default=None)
-    p.add_argument("--upload-shards", type=int, default=4)
+    p.add_argument("--upload-shards", type=int, default=None, help="upload only the first N shards")
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, json.loads(args.args))))
@@ -178,7 +178,7 @@ def main() -> None:
         from airflow_provider_qwenbatch.emulator.config import EmulatorConfig
         from airflow_provider_qwenbatch.emulator.server import EmulatorProcess
 
-        subset = shards[: args.upload_shards]
+        subset = shards if args.upload_shards is None else shards[: args.upload_shards]
         config = EmulatorConfig(port=0, api_key=API_KEY, state_dir=str(tmp / "emulator"))
         with EmulatorProcess(config) as handle:
             upload = run_worker(
