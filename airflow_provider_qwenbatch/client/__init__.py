@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
     "run_tag": "identity",
     "PriceTable": "cost",
     "InputLimits": "jsonl",
-    "InputWarning": "jsonl",
+    "InputWarning": "billing",
     "InputSummary": "jsonl",
     "validate_jsonl_file": "jsonl",
     "write_jsonl": "jsonl",
@@ -116,6 +116,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from airflow_provider_qwenbatch.client.aio import AsyncBatchClient
+    from airflow_provider_qwenbatch.client.billing import InputWarning
     from airflow_provider_qwenbatch.client.cancel import (
         CancelAction,
         CancelOutcome,
@@ -140,7 +141,6 @@ if TYPE_CHECKING:
     from airflow_provider_qwenbatch.client.jsonl import (
         InputLimits,
         InputSummary,
-        InputWarning,
         validate_jsonl_file,
         write_jsonl,
     )

@@ -12,13 +12,17 @@ import hashlib
 import json
 import math
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from airflow_provider_qwenbatch.client.billing import (
+    MAX_TOKENS_MESSAGE,
+    THINKING_MESSAGE,
+    InputWarning,
+    thinks_by_default,
+)
 from airflow_provider_qwenbatch.client.errors import InputValidationError, ValidationProblem, position
 from airflow_provider_qwenbatch.client.logs import LoggerLike
 from airflow_provider_qwenbatch.client.models import ENDPOINTS, TEST_ENDPOINT, TEST_MODEL
@@ -51,37 +55,6 @@ DEFAULT_LIMITS = InputLimits()
 
 
 @dataclass(frozen=True)
-class InputWarning:
-    """A billing surprise found in an input: not an error (the server accepts it), but it costs money.
-
-    One warning per rule for the whole input, naming its first line and how many requests have it.
-
-    :param rule: ``thinking_default_on`` or ``deprecated_max_tokens``.
-    :param message: what the requests do and how to change it.
-    :param first_line: 1-based position of the first request concerned.
-    :param count: how many requests are concerned.
-    :param field: the JSON field concerned.
-    """
-
-    rule: str
-    message: str
-    first_line: int
-    count: int
-    field: str | None = None
-
-    def render(self, source: str, unit: str = "line") -> str:
-        """Render as ``source:line: [rule] field: message (N requests, the first on line L)``.
-
-        :param source: the file or input named in the message.
-        :param unit: ``line`` for a file, ``request`` for a list of request dicts.
-        """
-        many = f"{self.count} request{'s' if self.count != 1 else ''}, the first on {position(self.first_line, unit)}"
-        return ValidationProblem(self.first_line, self.rule, f"{self.message} ({many})", self.field).render(
-            source, unit
-        )
-
-
-@dataclass(frozen=True)
 class InputSummary:
     """What a valid input file holds.
 
@@ -101,25 +74,6 @@ class InputSummary:
     endpoint: str
     sha256: str = ""
     warnings: tuple[InputWarning, ...] = ()
-
-
-# Models that think by default and bill the thinking tokens unless the body says
-# ``enable_thinking`` (API-FACTS, "Added 2026-12"): qwen3.5-plus, qwen3.6-plus, qwen3.7-max...
-_THINKING_BY_DEFAULT = re.compile(r"qwen3\.[567](?:[-.]|$)")
-_THINKING_MESSAGE = (
-    "model {model!r} thinks by default and bills the thinking tokens (several times the estimate); "
-    'set "enable_thinking": false (or true) at the top level of body to choose'
-)
-_MAX_TOKENS_MESSAGE = "max_tokens is deprecated by DashScope (since 2026-05-30); use max_completion_tokens"
-
-
-@lru_cache(maxsize=64)
-def thinks_by_default(model: str) -> bool:
-    """Whether ``model`` (e.g. ``qwen3.6-plus``) has thinking mode on unless the body turns it off.
-
-    :param model: the body's ``model``.
-    """
-    return _THINKING_BY_DEFAULT.match(model.lower()) is not None
 
 
 class IdIndex(Protocol):
@@ -306,9 +260,9 @@ class Checker:
     def check_cost(self, n: int, model: str, body: Mapping[str, Any]) -> None:
         """Note the billing surprises of one request body (warnings, not errors)."""
         if "enable_thinking" not in body and self.endpoint != "/v1/embeddings" and thinks_by_default(model):
-            self.note(n, "thinking_default_on", _THINKING_MESSAGE.format(model=model), "body.enable_thinking")
+            self.note(n, "thinking_default_on", THINKING_MESSAGE.format(model=model), "body.enable_thinking")
         if "max_tokens" in body:
-            self.note(n, "deprecated_max_tokens", _MAX_TOKENS_MESSAGE, "body.max_tokens")
+            self.note(n, "deprecated_max_tokens", MAX_TOKENS_MESSAGE, "body.max_tokens")
 
     def note(self, n: int, rule: str, message: str, field: str) -> None:
         """Count one request that has a billing surprise (the first one's position is kept)."""

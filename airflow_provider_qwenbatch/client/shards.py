@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from airflow_provider_qwenbatch.client.billing import InputWarning
 from airflow_provider_qwenbatch.client.identity import InputFingerprint
 from airflow_provider_qwenbatch.client.idtable import CompactIdIndex
 from airflow_provider_qwenbatch.client.jsonl import (
@@ -33,7 +34,6 @@ from airflow_provider_qwenbatch.client.jsonl import (
     Checker,
     InputLimits,
     InputSummary,
-    InputWarning,
     encode_request,
     open_input,
     scan_lines,
