@@ -149,6 +149,16 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "False",
                         "default": "True",
                     },
+                    "prices": {
+                        "description": "Prices per model, as JSON, for cost figures: "
+                        '{"qwen-plus": {"input": 0.0008, "output": 0.002, "unit": 1000, "currency": "CNY", '
+                        '"batch_discount": 0.5}}. input/output are prices per unit tokens; batch_discount '
+                        "multiplies them (0.5 with real-time prices, 1 with batch prices). Unset: no cost figures.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": '{"qwen-plus": {"input": 0.0008, "output": 0.002, "unit": 1000, "currency": "CNY", "batch_discount": 0.5}}',
+                        "default": "",
+                    },
                     "default_conn_id": {
                         "description": "Connection used by the failure listener to find and cancel batches.",
                         "version_added": "0.1.0",

@@ -30,10 +30,15 @@ _EXPORTS: dict[str, str] = {
     "BatchTag": "identity",
     "find_tags": "identity",
     "run_tag": "identity",
+    "PriceTable": "cost",
     "InputLimits": "jsonl",
+    "InputWarning": "billing",
     "InputSummary": "jsonl",
     "validate_jsonl_file": "jsonl",
     "write_jsonl": "jsonl",
+    "ResultFiles": "merge",
+    "merge_results": "merge",
+    "write_resubmission": "merge",
     "Batch": "models",
     "BatchError": "models",
     "BatchErrors": "models",
@@ -50,6 +55,10 @@ _EXPORTS: dict[str, str] = {
     "RetryPolicy": "retry",
     "BatchStatus": "status",
     "BatchClient": "sync",
+    "Shard": "shards",
+    "ShardPlan": "shards",
+    "split_jsonl_file": "shards",
+    "split_requests": "shards",
     "parse_completion_window": "window",
 }
 
@@ -75,35 +84,46 @@ __all__ = [
     "InputLimits",
     "InputSummary",
     "InputValidationError",
+    "InputWarning",
     "InvalidResponseError",
     "NotFoundError",
+    "PriceTable",
     "QwenBatchAPIError",
     "QwenBatchConnectionError",
     "QwenBatchError",
     "RateLimitError",
     "Region",
     "RequestCounts",
+    "ResultFiles",
     "RetryPolicy",
     "ServerError",
+    "Shard",
+    "ShardPlan",
     "Usage",
     "ValidationProblem",
     "acancel_quietly",
     "cancel_quietly",
     "find_tags",
+    "merge_results",
     "parse_completion_window",
     "run_tag",
+    "split_jsonl_file",
+    "split_requests",
     "validate_jsonl_file",
     "write_jsonl",
+    "write_resubmission",
 ]
 
 if TYPE_CHECKING:
     from airflow_provider_qwenbatch.client.aio import AsyncBatchClient
+    from airflow_provider_qwenbatch.client.billing import InputWarning
     from airflow_provider_qwenbatch.client.cancel import (
         CancelAction,
         CancelOutcome,
         acancel_quietly,
         cancel_quietly,
     )
+    from airflow_provider_qwenbatch.client.cost import PriceTable
     from airflow_provider_qwenbatch.client.errors import (
         AuthenticationError,
         BadRequestError,
@@ -124,6 +144,7 @@ if TYPE_CHECKING:
         validate_jsonl_file,
         write_jsonl,
     )
+    from airflow_provider_qwenbatch.client.merge import ResultFiles, merge_results, write_resubmission
     from airflow_provider_qwenbatch.client.models import (
         Batch,
         BatchError,
@@ -139,6 +160,7 @@ if TYPE_CHECKING:
     )
     from airflow_provider_qwenbatch.client.regions import DEFAULT_BASE_URL, Region
     from airflow_provider_qwenbatch.client.retry import RetryPolicy
+    from airflow_provider_qwenbatch.client.shards import Shard, ShardPlan, split_jsonl_file, split_requests
     from airflow_provider_qwenbatch.client.status import BatchStatus
     from airflow_provider_qwenbatch.client.sync import BatchClient
     from airflow_provider_qwenbatch.client.window import parse_completion_window

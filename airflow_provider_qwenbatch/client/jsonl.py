@@ -12,11 +12,17 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
+from airflow_provider_qwenbatch.client.billing import (
+    MAX_TOKENS_MESSAGE,
+    THINKING_MESSAGE,
+    InputWarning,
+    thinks_by_default,
+)
 from airflow_provider_qwenbatch.client.errors import InputValidationError, ValidationProblem, position
 from airflow_provider_qwenbatch.client.logs import LoggerLike
 from airflow_provider_qwenbatch.client.models import ENDPOINTS, TEST_ENDPOINT, TEST_MODEL
@@ -58,6 +64,7 @@ class InputSummary:
     :param model: the one model every line uses.
     :param endpoint: the endpoint every line calls.
     :param sha256: hex SHA-256 of the file's bytes, hashed in the same pass (the input fingerprint's base).
+    :param warnings: billing surprises found (see :class:`InputWarning`); log them before upload.
     """
 
     path: str
@@ -66,6 +73,14 @@ class InputSummary:
     model: str | None
     endpoint: str
     sha256: str = ""
+    warnings: tuple[InputWarning, ...] = ()
+
+
+class IdIndex(Protocol):
+    """Where the checker remembers each ``custom_id``'s first position (a dict, or a compact table)."""
+
+    def setdefault(self, key: str, default: int, /) -> int:
+        """Remember ``key`` at ``default`` unless known; return its first position."""
 
 
 class _NonFinite(float):
@@ -74,6 +89,21 @@ class _NonFinite(float):
 
 def _parse_constant(name: str) -> float:
     return _NonFinite(name)
+
+
+# One decoder for every line: ``json.loads(..., parse_constant=...)`` builds a new one per call,
+# a tenth of the time of a large input's pass.
+_DECODER = json.JSONDecoder(parse_constant=_parse_constant)
+
+
+def _decode(text: str) -> Any:
+    """``json.loads`` without its two whitespace scans in the usual case (same errors otherwise)."""
+    if text[:1].isspace():
+        return _DECODER.decode(text)
+    obj, end = _DECODER.raw_decode(text)
+    if end != len(text) and not text[end:].isspace():
+        return _DECODER.decode(text)  # raises "Extra data" exactly as json.loads does
+    return obj
 
 
 def _non_finite_path(value: Any, path: str) -> str | None:
@@ -93,17 +123,29 @@ def _non_finite_path(value: Any, path: str) -> str | None:
     return None
 
 
-class _Checker:
+class Checker:
     """Checks lines one at a time; keeps only the seen ids, never the lines."""
 
-    def __init__(self, source: str, endpoint: str, limits: InputLimits, unit: str = "line") -> None:
+    def __init__(
+        self,
+        source: str,
+        endpoint: str,
+        limits: InputLimits,
+        unit: str = "line",
+        *,
+        strict_cost: bool = False,
+        seen: IdIndex | None = None,
+    ) -> None:
         self.source = source
         self.unit = unit
         self.endpoint = endpoint
         self.limits = limits
+        self.strict_cost = strict_cost
         self.problems: list[ValidationProblem] = []
         self.truncated = False
-        self.seen: dict[str, int] = {}
+        self.seen: IdIndex = {} if seen is None else seen
+        # rule -> [first position, count, field, message]: one warning per rule, never one per line.
+        self.notes: dict[str, list[Any]] = {}
         self.model: str | None = None
         self.model_line = 0
         self.lines = 0
@@ -112,6 +154,7 @@ class _Checker:
             self.add(None, "invalid_endpoint", f"endpoint {endpoint!r} is not one of {', '.join(ENDPOINTS)}")
 
     def add(self, line: int | None, rule: str, message: str, field: str | None = None) -> None:
+        """Record one problem (the first :data:`MAX_PROBLEMS` are kept)."""
         if len(self.problems) >= MAX_PROBLEMS:
             self.truncated = True
             return
@@ -133,7 +176,7 @@ class _Checker:
             self.add(n, "empty_line", "blank line; every line must be one JSON request")
             return
         try:
-            obj = json.loads(text, parse_constant=_parse_constant)
+            obj = _decode(text)
         except ValueError as exc:
             self.add(n, "invalid_json", f"not valid JSON: {exc}")
             return
@@ -167,15 +210,15 @@ class _Checker:
             self.add(
                 n, "invalid_custom_id", f"custom_id must be a string, got {type(cid).__name__}", "custom_id"
             )
-        elif cid in self.seen:
-            self.add(
-                n,
-                "duplicate_custom_id",
-                f"custom_id {cid!r} already used on {position(self.seen[cid], self.unit)}",
-                "custom_id",
-            )
         else:
-            self.seen[cid] = n
+            first = self.seen.setdefault(cid, n)
+            if first != n:
+                self.add(
+                    n,
+                    "duplicate_custom_id",
+                    f"custom_id {cid!r} already used on {position(first, self.unit)}",
+                    "custom_id",
+                )
         method = obj.get("method")
         if method != "POST":
             self.add(n, "invalid_method", f"method must be 'POST', got {method!r}", "method")
@@ -194,6 +237,7 @@ class _Checker:
         if not isinstance(model, str) or not model:
             self.add(n, "missing_model", "body.model is missing or not a string", "body.model")
             return
+        self.check_cost(n, model, body)
         if self.model is None:
             self.model, self.model_line = model, n
         elif model != self.model:
@@ -213,11 +257,53 @@ class _Checker:
                 "url",
             )
 
-    def finish(self) -> None:
-        """Whole-file rules, after the last line."""
-        limits = self.limits
+    def check_cost(self, n: int, model: str, body: Mapping[str, Any]) -> None:
+        """Note the billing surprises of one request body (warnings, not errors)."""
+        if "enable_thinking" not in body and self.endpoint != "/v1/embeddings" and thinks_by_default(model):
+            self.note(n, "thinking_default_on", THINKING_MESSAGE.format(model=model), "body.enable_thinking")
+        if "max_tokens" in body:
+            self.note(n, "deprecated_max_tokens", MAX_TOKENS_MESSAGE, "body.max_tokens")
+
+    def note(self, n: int, rule: str, message: str, field: str) -> None:
+        """Count one request that has a billing surprise (the first one's position is kept)."""
+        entry = self.notes.get(rule)
+        if entry is None:
+            self.notes[rule] = [n, 1, field, message]
+        else:
+            entry[1] += 1
+
+    @property
+    def warnings(self) -> tuple[InputWarning, ...]:
+        """The billing warnings noted so far, one per rule."""
+        return tuple(
+            InputWarning(rule, message, first, count, field)
+            for rule, (first, count, field, message) in self.notes.items()
+        )
+
+    def finish(self, *, whole_file: bool = True) -> None:
+        """Whole-file rules, after the last line.
+
+        :param whole_file: check the per-file size limits (False when the input is split into batches
+            that each keep them).
+        """
+        if self.strict_cost:
+            for warning in self.warnings:
+                self.add(
+                    warning.first_line,
+                    warning.rule,
+                    f"{warning.message} ({warning.count} in all; refused because strict_cost is set)",
+                    warning.field,
+                )
         if self.lines == 0:
             self.add(None, "empty_file", "the input has no request lines")
+        if whole_file:
+            self.check_file_limits()
+        if self.problems:
+            raise InputValidationError(self.source, self.problems, truncated=self.truncated, unit=self.unit)
+
+    def check_file_limits(self) -> None:
+        """The per-file size limits (the API's, and the test model's)."""
+        limits = self.limits
         if self.model == TEST_MODEL:
             if self.lines > TEST_MAX_LINES:
                 self.add(
@@ -231,8 +317,6 @@ class _Checker:
             self.add(None, "too_many_lines", f"at most {limits.max_lines} lines per file, got {self.lines}")
         if self.bytes > limits.max_bytes:
             self.add(None, "file_too_large", f"at most {limits.max_bytes} bytes per file, got {self.bytes}")
-        if self.problems:
-            raise InputValidationError(self.source, self.problems, truncated=self.truncated, unit=self.unit)
 
 
 def validate_jsonl_file(
@@ -241,70 +325,106 @@ def validate_jsonl_file(
     *,
     limits: InputLimits = DEFAULT_LIMITS,
     source: str | None = None,
+    strict_cost: bool = False,
 ) -> InputSummary:
     """Check a JSONL input file against every rule of the Batch API, in one streaming pass.
 
     Memory holds one line (at most 6 MB) and the set of ``custom_id`` values, whatever the file's size.
+    Billing surprises (a thinking-by-default model without ``enable_thinking``, the deprecated
+    ``max_tokens``) are returned as :attr:`InputSummary.warnings`, not raised.
 
     :param path: the file.
     :param endpoint: the batch endpoint every line's ``url`` must equal.
     :param limits: size limits (the API's by default).
     :param source: how to name the file in errors (default: the path), e.g. the URI it was copied from.
+    :param strict_cost: refuse the billing surprises as problems instead of warning about them.
     :raises InputValidationError: listing each problem with the file, line and rule.
     """
     local = os.fspath(path)
     source = source or local
-    checker = _Checker(source, endpoint, limits)
-    try:
-        fh = open(local, "rb")  # noqa: SIM115 - closed below; a with-block would hide the OSError case
-    except OSError as exc:
-        raise InputValidationError(source, [ValidationProblem(None, "unreadable", str(exc))]) from None
+    checker = Checker(source, endpoint, limits, strict_cost=strict_cost)
+    fh = open_input(local, source)
     # The file's SHA-256 is computed from the very bytes read for validation: no second pass.
     digest = hashlib.sha256()
     with fh:
-        n = 0
-        while True:
-            raw = fh.readline(limits.max_line_bytes + 2)
-            if not raw:
-                break
-            digest.update(raw)
-            n += 1
-            checker.bytes += len(raw)
-            if not raw.endswith(b"\n") and len(raw) > limits.max_line_bytes:
-                # Over-long line: skip the rest of it without holding it in memory.
-                extra = _skip_rest_of_line(fh, digest)
-                checker.bytes += extra
-                checker.add(
-                    n, "line_too_large", f"line is {len(raw) + extra} bytes; at most {limits.max_line_bytes}"
-                )
-                checker.lines += 1
-                continue
-            line = raw.rstrip(b"\r\n")
-            if len(line) > limits.max_line_bytes:
-                checker.add(
-                    n, "line_too_large", f"line is {len(line)} bytes; at most {limits.max_line_bytes}"
-                )
-                checker.lines += 1
-                continue
-            if not line.strip():
-                tail = _blank_rest(fh)
-                if tail is not None:
-                    # Trailing blank lines at the end of a file are harmless (but still bytes of it).
-                    for chunk in tail:
-                        digest.update(chunk)
-                    checker.bytes = os.fstat(fh.fileno()).st_size
-                    break
-            checker.lines += 1
-            checker.check_raw(n, line)
+        scan_lines(fh, checker, digest.update)
     checker.finish()
-    return InputSummary(source, checker.lines, checker.bytes, checker.model, endpoint, digest.hexdigest())
+    return InputSummary(
+        source, checker.lines, checker.bytes, checker.model, endpoint, digest.hexdigest(), checker.warnings
+    )
 
 
-def _skip_rest_of_line(fh: IO[bytes], digest: Any) -> int:
+def open_input(local: str, source: str) -> IO[bytes]:
+    """Open an input file for reading; an unreadable file is a validation problem, not an OSError.
+
+    :param local: the path.
+    :param source: how to name the file in errors.
+    """
+    try:
+        return open(local, "rb")
+    except OSError as exc:
+        raise InputValidationError(source, [ValidationProblem(None, "unreadable", str(exc))]) from None
+
+
+def scan_lines(
+    fh: IO[bytes],
+    checker: Checker,
+    hash_bytes: Callable[[bytes], object] | None = None,
+    on_request: Callable[[int, bytes], None] | None = None,
+) -> None:
+    """Read an input file line by line and check each line; the one reading loop of every pass.
+
+    :param fh: the open file.
+    :param checker: checks each line and collects problems.
+    :param hash_bytes: called with every byte read, in order (for the file's SHA-256).
+    :param on_request: called after each request line is checked, with its position and its bytes
+        as read (newline included when the file has one): a splitter writes them out unchanged.
+    """
+    limits = checker.limits
+    n = 0
+    while True:
+        raw = fh.readline(limits.max_line_bytes + 2)
+        if not raw:
+            break
+        if hash_bytes is not None:
+            hash_bytes(raw)
+        n += 1
+        checker.bytes += len(raw)
+        if not raw.endswith(b"\n") and len(raw) > limits.max_line_bytes:
+            # Over-long line: skip the rest of it without holding it in memory.
+            extra = _skip_rest_of_line(fh, hash_bytes)
+            checker.bytes += extra
+            checker.add(
+                n, "line_too_large", f"line is {len(raw) + extra} bytes; at most {limits.max_line_bytes}"
+            )
+            checker.lines += 1
+            continue
+        line = raw.rstrip(b"\r\n")
+        if len(line) > limits.max_line_bytes:
+            checker.add(n, "line_too_large", f"line is {len(line)} bytes; at most {limits.max_line_bytes}")
+            checker.lines += 1
+            continue
+        if not line.strip():
+            tail = _blank_rest(fh)
+            if tail is not None:
+                # Trailing blank lines at the end of a file are harmless (but still bytes of it).
+                for chunk in tail:
+                    if hash_bytes is not None:
+                        hash_bytes(chunk)
+                    checker.bytes += len(chunk)
+                break
+        checker.lines += 1
+        checker.check_raw(n, line)
+        if on_request is not None:
+            on_request(n, raw)
+
+
+def _skip_rest_of_line(fh: IO[bytes], hash_bytes: Callable[[bytes], object] | None) -> int:
     skipped = 0
     while True:
         chunk = fh.readline(1024 * 1024)
-        digest.update(chunk)
+        if hash_bytes is not None:
+            hash_bytes(chunk)
         skipped += len(chunk)
         if not chunk or chunk.endswith(b"\n"):
             return skipped
@@ -324,6 +444,39 @@ def _blank_rest(fh: IO[bytes]) -> list[bytes] | None:
         chunks.append(chunk)
 
 
+def encode_request(checker: Checker, n: int, request: Any) -> bytes | None:
+    """Check one request dict and encode it as one JSONL line (newline included); None when it cannot be.
+
+    ``method`` and ``url`` left out default to ``POST`` and the checker's endpoint; nothing else
+    is changed. The one encoder of :func:`write_jsonl` and the splitter.
+
+    :param checker: checks the request and collects problems.
+    :param n: the request's 1-based position.
+    :param request: the request dict.
+    """
+    obj: Any = dict(request) if isinstance(request, Mapping) else request
+    if isinstance(obj, dict):
+        obj.setdefault("method", "POST")
+        obj.setdefault("url", checker.endpoint)
+    checker.check_request(n, obj)
+    try:
+        # allow_nan=False: Python would write NaN/Infinity, which the server rejects.
+        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        checker.add(n, "invalid_encoding", f"request is not valid UTF-8 text: {exc.reason}")
+        return None
+    except (TypeError, ValueError) as exc:
+        if not (isinstance(exc, ValueError) and checker.check_finite(n, obj)):
+            checker.add(n, "invalid_json", f"request cannot be encoded as JSON: {exc}")
+        return None
+    limit = checker.limits.max_line_bytes
+    if len(data) > limit:
+        checker.add(n, "line_too_large", f"line is {len(data)} bytes; at most {limit}")
+    checker.lines = n
+    checker.bytes += len(data) + 1
+    return data + b"\n"
+
+
 def write_jsonl(
     requests: Iterable[Mapping[str, Any]],
     path: str | os.PathLike[str],
@@ -331,6 +484,7 @@ def write_jsonl(
     *,
     limits: InputLimits = DEFAULT_LIMITS,
     source: str | None = None,
+    strict_cost: bool = False,
 ) -> InputSummary:
     """Write request dicts as a JSONL input file, checking each one as it is written.
 
@@ -343,47 +497,43 @@ def write_jsonl(
     :param endpoint: the batch endpoint.
     :param limits: size limits.
     :param source: how to name the input in errors (default: the path).
+    :param strict_cost: refuse the billing surprises (:class:`InputWarning`) instead of returning them.
     """
     dest = Path(path)
-    checker = _Checker(source or os.fspath(dest), endpoint, limits, unit="request")
+    checker = Checker(source or os.fspath(dest), endpoint, limits, unit="request", strict_cost=strict_cost)
     digest = hashlib.sha256()
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with dest.open("wb") as out:
             for n, request in enumerate(requests, start=1):
-                obj: Any = dict(request) if isinstance(request, Mapping) else request
-                if isinstance(obj, dict):
-                    obj.setdefault("method", "POST")
-                    obj.setdefault("url", endpoint)
-                checker.check_request(n, obj)
-                try:
-                    # allow_nan=False: Python would write NaN/Infinity, which the server rejects.
-                    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
-                        "utf-8"
-                    )
-                except UnicodeEncodeError as exc:
-                    checker.add(n, "invalid_encoding", f"request is not valid UTF-8 text: {exc.reason}")
-                    continue
-                except (TypeError, ValueError) as exc:
-                    if not (isinstance(exc, ValueError) and checker.check_finite(n, obj)):
-                        checker.add(n, "invalid_json", f"request cannot be encoded as JSON: {exc}")
-                    continue
-                if len(data) > limits.max_line_bytes:
-                    checker.add(
-                        n, "line_too_large", f"line is {len(data)} bytes; at most {limits.max_line_bytes}"
-                    )
-                checker.lines = n
-                checker.bytes += len(data) + 1
-                if not checker.problems:
-                    out.write(data + b"\n")
-                    digest.update(data + b"\n")
+                data = encode_request(checker, n, request)
+                if data is not None and not checker.problems:
+                    out.write(data)
+                    digest.update(data)
         checker.finish()
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
     return InputSummary(
-        os.fspath(dest), checker.lines, checker.bytes, checker.model, endpoint, digest.hexdigest()
+        os.fspath(dest),
+        checker.lines,
+        checker.bytes,
+        checker.model,
+        endpoint,
+        digest.hexdigest(),
+        checker.warnings,
     )
+
+
+def log_input_warnings(summary: InputSummary, logger: LoggerLike, *, unit: str = "line") -> None:
+    """Log each billing warning of a validated input (before upload, so the log says it before it is paid).
+
+    :param summary: the validated input.
+    :param logger: where to warn.
+    :param unit: ``line`` for a file, ``request`` for a list of request dicts.
+    """
+    for warning in summary.warnings:
+        logger.warning("%s", warning.render(summary.path, unit))
 
 
 def warn_if_model_not_in_region(

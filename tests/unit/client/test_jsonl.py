@@ -459,3 +459,71 @@ def test_nan_or_infinity_in_request_dicts_is_rejected_with_field(tmp_path: Path,
         info.value
     )
     assert not (tmp_path / "out.jsonl").exists()
+
+
+# ---- billing warnings (thinking by default, deprecated max_tokens) ---------------------------
+
+
+def test_thinking_model_without_enable_thinking_is_one_warning_with_first_line_and_count(
+    tmp_path: Path,
+) -> None:
+    rows = [req("1", model="qwen3.6-plus", enable_thinking=False)] + [
+        req(str(i), model="qwen3.6-plus") for i in range(2, 6)
+    ]
+    path = write(tmp_path, *(line(r) for r in rows))
+    summary = validate_jsonl_file(path, CHAT)
+    (warning,) = summary.warnings
+    assert (warning.rule, warning.first_line, warning.count) == ("thinking_default_on", 2, 4)
+    text = warning.render(summary.path)
+    assert text.startswith(f"{path}:2: [thinking_default_on] field 'body.enable_thinking':")
+    assert "4 requests, the first on line 2" in text
+
+
+@pytest.mark.parametrize(
+    "model", ["qwen3.5-plus", "qwen3.5-flash", "qwen3.6-plus", "qwen3.7-max", "Qwen3.7-plus-2026-06-01"]
+)
+def test_thinking_series_names(tmp_path: Path, model: str) -> None:
+    summary = validate_jsonl_file(write(tmp_path, line(req("1", model=model))), CHAT)
+    assert [w.rule for w in summary.warnings] == ["thinking_default_on"]
+
+
+@pytest.mark.parametrize(
+    "model", ["qwen-plus", "qwen3-max", "qwen3.50-plus", "qwen2.5-72b-instruct", "qwen3.8-plus"]
+)
+def test_other_models_do_not_warn(tmp_path: Path, model: str) -> None:
+    assert validate_jsonl_file(write(tmp_path, line(req("1", model=model))), CHAT).warnings == ()
+
+
+def test_deprecated_max_tokens_warns_and_strict_cost_refuses(tmp_path: Path) -> None:
+    path = write(tmp_path, line(req("1")), line(req("2", max_tokens=10)), line(req("3", max_tokens=10)))
+    summary = validate_jsonl_file(path, CHAT)
+    (warning,) = summary.warnings
+    assert (warning.rule, warning.first_line, warning.count) == ("deprecated_max_tokens", 2, 2)
+    assert "max_completion_tokens" in warning.message
+    with pytest.raises(InputValidationError) as info:
+        validate_jsonl_file(path, CHAT, strict_cost=True)
+    assert f"{path}:2: [deprecated_max_tokens] field 'body.max_tokens':" in str(info.value)
+
+
+def test_write_jsonl_warns_with_request_positions_and_strict_cost_removes_the_file(tmp_path: Path) -> None:
+    dest = tmp_path / "out.jsonl"
+    requests = [req("a", model="qwen3.5-plus", max_tokens=5)]
+    summary = write_jsonl(requests, dest, CHAT)
+    assert {w.rule for w in summary.warnings} == {"thinking_default_on", "deprecated_max_tokens"}
+    assert "request 1 (index 0)" in summary.warnings[0].render(summary.path, "request")
+    with pytest.raises(InputValidationError, match=r"request 1 \(index 0\): \[thinking_default_on\]"):
+        write_jsonl(requests, dest, CHAT, strict_cost=True)
+    assert not dest.exists()
+
+
+def test_embeddings_never_warn_about_thinking(tmp_path: Path) -> None:
+    row = req("e", url="/v1/embeddings", model="qwen3.6-plus")
+    assert validate_jsonl_file(write(tmp_path, line(row)), "/v1/embeddings").warnings == ()
+
+
+@pytest.mark.parametrize("text", ['{"a":1} x', '{"a"', "[1,", '{"custom_id": "1"}}'])
+def test_invalid_json_message_is_pythons_own(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ValueError) as expected:
+        json.loads(text)
+    err = problem(write(tmp_path, text.encode() + b"\n"), rule="invalid_json", line_no=1)
+    assert str(expected.value) in err.problems[0].message
