@@ -17,7 +17,10 @@ def load_dags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, source
     :param source: the DAG file's code.
     """
     from airflow import settings
-    from airflow.dag_processing.dagbag import DagBag
+
+    from airflow_provider_qwenbatch.compat import dag_bag_class
+
+    DagBag = dag_bag_class()
 
     folder = tmp_path / "dags"
     folder.mkdir(exist_ok=True)

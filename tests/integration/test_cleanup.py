@@ -100,7 +100,10 @@ DAGS = Path(__file__).parent / "dags"
 def failing_dags(airflow_db: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The DAGs of ``tests/integration/dags/cleanup_listener_dags.py``, as ``dag.test()`` syncs them."""
     from airflow import settings
-    from airflow.dag_processing.dagbag import DagBag
+
+    from airflow_provider_qwenbatch.compat import dag_bag_class
+
+    DagBag = dag_bag_class()
 
     # dag.test() serializes the DAG from the dags-folder bundle, whose path is read from here.
     monkeypatch.setattr(settings, "DAGS_FOLDER", str(DAGS))

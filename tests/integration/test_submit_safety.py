@@ -76,8 +76,15 @@ def _prompted(prompt: str, n: int = 3) -> list[dict[str, Any]]:
 
 def _serialize(dag: Any) -> None:
     """Write a DAG built in a test to the metadata DB, as the dag-processor would (dag.test() needs it)."""
+    import importlib
+
     from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    from airflow_provider_qwenbatch.compat import dag_bag_class
+
+    DagBag = dag_bag_class()
+    # sync_bag_to_db sits beside DagBag, wherever this minor keeps it.
+    sync_bag_to_db = importlib.import_module(DagBag.__module__).sync_bag_to_db
 
     DagBundlesManager().sync_bundles_to_db()
     bag = DagBag(dag_folder="/nonexistent")
