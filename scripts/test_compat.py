@@ -194,6 +194,12 @@ def newest_row() -> dict[str, Any] | None:
     return row
 
 
+def _scenario_number(name: str) -> str:
+    """``s02`` for ``02 deferred, run failed (trigger on_kill)``: the number the README's table uses."""
+    number = name.split()[0] if name.split() else name
+    return f"s{number}" if number[:1].isdigit() else number
+
+
 def _abort_figures(summary: dict[str, Any] | None) -> str:
     """``s02 1.2 s`` style medians (max) of the scenarios that measured one."""
     if not summary:
@@ -201,7 +207,7 @@ def _abort_figures(summary: dict[str, Any] | None) -> str:
     parts = []
     for scenario in summary.get("scenarios", []):
         fig = scenario.get("abort_to_cancel") or {}
-        short = scenario["scenario"].split("_")[1] if "_" in scenario["scenario"] else scenario["scenario"]
+        short = _scenario_number(scenario["scenario"])
         if fig:
             parts.append(f"{short} {fig['median_s']:.1f}/{fig['max_s']:.1f}")
     return ", ".join(parts) or "-"
@@ -212,7 +218,9 @@ def _system_cell(summary: dict[str, Any] | None, step: dict[str, Any] | None) ->
         return "not run" if step is None else ("FAILED (no summary)" if not step["ok"] else "-")
     rows = summary.get("scenarios", [])
     passed = sum(1 for r in rows if r["outcome"] in ("passed", "xfailed"))
-    failed = [r["scenario"].split("_")[1] for r in rows if r["outcome"] in ("failed", "xpassed", "not run")]
+    failed = [
+        _scenario_number(r["scenario"]) for r in rows if r["outcome"] in ("failed", "xpassed", "not run")
+    ]
     cell = f"{passed}/{len(rows)} passed"
     if failed:
         cell += f" (FAILED: {', '.join(failed)})"
