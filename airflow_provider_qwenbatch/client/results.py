@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from airflow_provider_qwenbatch.client.models import BatchResultLine
 
@@ -111,6 +111,35 @@ class LineOutcome:
     usage: tuple[int, int, int] = (0, 0, 0)
 
 
+def error_code(line: BatchResultLine) -> str | None:
+    """The error code of a result line: its own ``error.code``, else the response body's ``error.code``.
+
+    :param line: the parsed result line.
+    """
+    body = line.response.body if line.response is not None else None
+    body_error = body.get("error") if isinstance(body, dict) else None
+    code = (line.error.code if line.error is not None else None) or (
+        body_error.get("code") if isinstance(body_error, dict) else None
+    )
+    return str(code) if code is not None else None
+
+
+def unrun_cause(code: str | None) -> Literal["expired", "cancelled"] | None:
+    """Whether an error code says the request never ran because its batch expired or was cancelled.
+
+    Matched by what the code names (``batch_expired``, ``batch_cancelled`` as OpenAI writes them):
+    DashScope's own codes for these lines are UNCONFIRMED.
+
+    :param code: the line's error code (see :func:`error_code`).
+    """
+    low = (code or "").lower()
+    if any(h in low for h in _EXPIRED_HINTS):
+        return "expired"
+    if any(h in low for h in _CANCELLED_HINTS):
+        return "cancelled"
+    return None
+
+
 def is_retryable(line: BatchResultLine, *, retry_cancelled: bool = True) -> bool:
     """Whether a failed result line is worth sending again; content and validation errors (4xx) are not.
 
@@ -123,15 +152,11 @@ def is_retryable(line: BatchResultLine, *, retry_cancelled: bool = True) -> bool
     status = line.response.status_code if line.response is not None else None
     if status is not None and status != 200:
         return status >= 500 or status in _RETRYABLE_STATUS
-    body = line.response.body if line.response is not None else None
-    body_error = body.get("error") if isinstance(body, dict) else None
-    code = (line.error.code if line.error is not None else None) or (
-        body_error.get("code") if isinstance(body_error, dict) else None
-    )
-    low = str(code or "").lower()
-    if any(h in low for h in _EXPIRED_HINTS) or any(h in low for h in _TRANSIENT_HINTS):
+    code = error_code(line)
+    cause = unrun_cause(code)
+    if cause == "expired" or any(h in (code or "").lower() for h in _TRANSIENT_HINTS):
         return True
-    return retry_cancelled and any(h in low for h in _CANCELLED_HINTS)
+    return retry_cancelled and cause == "cancelled"
 
 
 def _plain_success(raw: bytes | str) -> LineOutcome | None:

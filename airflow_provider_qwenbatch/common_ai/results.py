@@ -7,13 +7,7 @@ from typing import Any, Literal
 from airflow.providers.common.ai.batch.base import RawResultItem
 
 from airflow_provider_qwenbatch.client.models import BatchResultLine
-
-# Codes written for requests a cancelled or expired batch never ran (the emulator writes
-# OpenAI's; DashScope's own are UNCONFIRMED, so any code naming the cause is read the same way).
-_UNRUN: dict[str, Literal["expired", "cancelled"]] = {
-    "batch_expired": "expired",
-    "batch_cancelled": "cancelled",
-}
+from airflow_provider_qwenbatch.client.results import error_code, unrun_cause
 
 
 def _index(custom_id: str) -> int:
@@ -22,19 +16,6 @@ def _index(custom_id: str) -> int:
     if not sep or not tail.isdigit():
         raise ValueError(f"custom_id {custom_id!r} is not one this adapter wrote (<key>-<index>)")
     return int(tail)
-
-
-def _unrun_status(code: str | None) -> Literal["errored", "expired", "cancelled"]:
-    if not code:
-        return "errored"
-    low = code.lower()
-    if low in _UNRUN:
-        return _UNRUN[low]
-    if "expire" in low:
-        return "expired"
-    if "cancel" in low:
-        return "cancelled"
-    return "errored"
 
 
 def parse_result_line(line: BatchResultLine) -> RawResultItem:
@@ -51,9 +32,8 @@ def parse_result_line(line: BatchResultLine) -> RawResultItem:
     body = body if isinstance(body, dict) else {}
     model = body.get("model") if isinstance(body.get("model"), str) else None
     if not line.ok:
-        body_error = body.get("error") if isinstance(body.get("error"), dict) else {}
-        code = (line.error.code if line.error else None) or body_error.get("code")
-        status = _unrun_status(str(code) if code is not None else None)
+        code = error_code(line)
+        status: Literal["errored", "expired", "cancelled"] = unrun_cause(code) or "errored"
         http = str(line.response.status_code) if line.response is not None else None
         return RawResultItem(
             custom_id=line.custom_id,
@@ -65,7 +45,7 @@ def parse_result_line(line: BatchResultLine) -> RawResultItem:
             error={
                 "type": "provider_error" if status == "errored" else status,
                 "message": line.describe_error() or "no error details in the result line",
-                "provider_code": str(code) if code is not None else http,
+                "provider_code": code if code is not None else http,
                 "request_id": line.response.request_id if line.response is not None else None,
                 "stage": "provider",
             },
