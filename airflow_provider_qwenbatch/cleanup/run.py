@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import logging
 
-from airflow_provider_qwenbatch.client.cancel import CancelAction, CancelOutcome, cancel_quietly
+from airflow_provider_qwenbatch.client.cancel import (
+    CancelOutcome,
+    cancel_quietly,
+    log_outcome,
+    settled_outcome,
+)
 from airflow_provider_qwenbatch.client.logs import LoggerLike
 from airflow_provider_qwenbatch.client.lookup import find_run_batches
-from airflow_provider_qwenbatch.client.status import BatchStatus
 from airflow_provider_qwenbatch.client.sync import BatchClient
 
 log = logging.getLogger(__name__)
@@ -38,13 +42,10 @@ def cancel_run_batches(
     logger.info("Run %s of %s: %d in-flight batch(es) to cancel", run_id, dag_id, len(batches))
     outcomes = []
     for n, batch in enumerate(batches, start=1):
-        if batch.status is BatchStatus.CANCELLING:
-            logger.info("Cancel batch %s: already cancelling; no request sent", batch.id)
-            outcomes.append(
-                CancelOutcome(
-                    batch.id, CancelAction.ALREADY_TERMINAL, batch.status, None, "already cancelling"
-                )
-            )
+        # The list page is a fresh read: a batch already cancelling gets neither a read nor a cancel.
+        settled = settled_outcome(batch.id, batch)
+        if settled is not None:
+            outcomes.append(log_outcome(logger, settled))
         else:
             outcomes.append(cancel_quietly(client, batch.id, budget=CLEANUP_CANCEL_BUDGET, logger=logger))
         logger.info("Clean-up of run %s: %d/%d batches handled", run_id, n, len(batches))

@@ -71,7 +71,12 @@ class CancelOutcome:
         return d
 
 
-def _log(logger: LoggerLike, outcome: CancelOutcome) -> CancelOutcome:
+def log_outcome(logger: LoggerLike, outcome: CancelOutcome) -> CancelOutcome:
+    """Log what cancelling did (a warning when it failed), with the request id; return the outcome.
+
+    :param logger: where to log.
+    :param outcome: the outcome.
+    """
     emit = logger.warning if outcome.action is CancelAction.FAILED else logger.info
     emit(
         "Cancel batch %s: %s (status=%s, x-request-id=%s)%s",
@@ -84,7 +89,12 @@ def _log(logger: LoggerLike, outcome: CancelOutcome) -> CancelOutcome:
     return outcome
 
 
-def _after_read(batch_id: str, batch: Batch) -> CancelOutcome | None:
+def settled_outcome(batch_id: str, batch: Batch) -> CancelOutcome | None:
+    """The outcome when a batch as read needs no cancel (terminal or already ``cancelling``), else ``None``.
+
+    :param batch_id: the batch.
+    :param batch: the batch as just read (e.g. from a list page).
+    """
     if batch.status.is_terminal or batch.status is BatchStatus.CANCELLING:
         return CancelOutcome(
             batch_id, CancelAction.ALREADY_TERMINAL, batch.status, batch.x_request_id, "nothing to cancel"
@@ -133,13 +143,13 @@ def cancel_quietly(
         return max(0.2, deadline - time.monotonic())
 
     try:
-        early = _after_read(
+        early = settled_outcome(
             batch_id, client.retrieve_batch(batch_id, timeout=left() / 2, max_retries=retries)
         )
         if early is not None:
-            return _log(logger, early)
+            return log_outcome(logger, early)
     except NotFoundError as exc:
-        return _log(logger, _after_error(batch_id, exc, None))
+        return log_outcome(logger, _after_error(batch_id, exc, None))
     except QwenBatchError as exc:
         # The read is only an optimisation: still try to cancel.
         logger.warning("Reading batch %s before cancel failed: %s", batch_id, exc)
@@ -158,7 +168,7 @@ def cancel_quietly(
         outcome = _after_error(batch_id, exc, reread)
     except Exception as exc:  # never raise out of a kill path
         outcome = CancelOutcome(batch_id, CancelAction.FAILED, None, None, repr(exc))
-    return _log(logger, outcome)
+    return log_outcome(logger, outcome)
 
 
 async def acancel_quietly(
@@ -184,13 +194,13 @@ async def acancel_quietly(
         return max(0.2, deadline - time.monotonic())
 
     try:
-        early = _after_read(
+        early = settled_outcome(
             batch_id, await client.retrieve_batch(batch_id, timeout=left() / 2, max_retries=retries)
         )
         if early is not None:
-            return _log(logger, early)
+            return log_outcome(logger, early)
     except NotFoundError as exc:
-        return _log(logger, _after_error(batch_id, exc, None))
+        return log_outcome(logger, _after_error(batch_id, exc, None))
     except QwenBatchError as exc:
         logger.warning("Reading batch %s before cancel failed: %s", batch_id, exc)
     except Exception as exc:
@@ -208,4 +218,4 @@ async def acancel_quietly(
         outcome = _after_error(batch_id, exc, reread)
     except Exception as exc:
         outcome = CancelOutcome(batch_id, CancelAction.FAILED, None, None, repr(exc))
-    return _log(logger, outcome)
+    return log_outcome(logger, outcome)
