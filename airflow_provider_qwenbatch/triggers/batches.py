@@ -108,9 +108,11 @@ def parse_batches_event(event: Any) -> BatchesEventPayload:
     try:
         return BatchesEventPayload.model_validate(event)
     except ValidationError as exc:
-        raise BatchEventError(
-            f"unexpected trigger event {str(event)[:200]!r}: {exc.errors(include_url=False)[:2]}"
-        ) from None
+        # Where and what only: an error's "input" may be the whole event (hundreds of summaries).
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in exc.errors()[:3]
+        )
+        raise BatchEventError(f"unexpected trigger event {str(event)[:200]!r}: {problems}") from None
 
 
 def _some(ids: Sequence[str]) -> str:
