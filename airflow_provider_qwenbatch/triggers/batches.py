@@ -189,7 +189,8 @@ class BatchesStatusTrigger(BatchWatchTrigger):
         event sent.
     :param cancel_on_kill: cancel every unfinished batch when a user kills the task.
     :param wake_on_first_end: send ``done`` as soon as at least one batch is terminal (the
-        operator then creates more shards and defers again).
+        operator then creates more shards and defers again). Pass only unfinished batches then:
+        one already terminal wakes the trigger at its first poll.
     """
 
     def __init__(
