@@ -9,7 +9,7 @@ LAST outcome) into ``<destination>/output.jsonl`` and ``<destination>/errors.jso
 
 Memory does not grow with the size of the job; disk does. The temporary folder holds, at the
 peak, every result file of the job, plus the two merged files (about the same size again),
-plus, when resubmissions exist or input order is asked, an SQLite index (about 100 bytes per
+plus, when resubmissions exist or input order is asked, an SQLite index (about 70 bytes per
 result line) and, for a remote ``input_path``, a copy of the input. A local destination then
 receives the merged files by a move (no third copy on the same file system).
 
