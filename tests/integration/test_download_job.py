@@ -231,6 +231,64 @@ def test_openlineage_facets_cover_every_shard(
     }
 
 
+@pytest.fixture
+def memory_store() -> None:
+    """An object store Airflow's ObjectStoragePath resolves (fsspec's in-memory filesystem)."""
+    from airflow.sdk.io import attach
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    attach("memory", fs=MemoryFileSystem())
+
+
+@pytest.mark.usefixtures("memory_store")
+def test_object_storage_input_path_and_destination(
+    emulator: EmulatorHandle, job_input: dict[str, Any]
+) -> None:
+    from airflow.sdk import ObjectStoragePath
+
+    src = ObjectStoragePath("memory://qwen-job-in/input.jsonl")
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(Path(job_input["input_path"]).read_bytes())
+    result = DownloadBatchResultsOperator(
+        task_id="dl",
+        job=job_input["job"],
+        destination="memory://qwen-job-out/results",
+        results_by_custom_id=True,
+        input_path="memory://qwen-job-in/input.jsonl",
+    ).execute(context_for(StubTI()))
+    # universal-pathlib 0.2 (what Airflow 3.1 allows) spells it memory:///...: the same object.
+    assert (
+        result["output_path"].replace("memory:///", "memory://")
+        == "memory://qwen-job-out/results/output.jsonl"
+    )
+    out = [
+        json.loads(x)["custom_id"] for x in ObjectStoragePath(result["output_path"]).read_text().splitlines()
+    ]
+    errs = [
+        json.loads(x)["custom_id"] for x in ObjectStoragePath(result["error_path"]).read_text().splitlines()
+    ]
+    assert out == [i for i in all_ids() if i in set(out)]
+    assert sorted(out + errs) == all_ids()
+
+
+def test_a_single_batch_summary_is_a_job_of_one_shard(
+    emulator: EmulatorHandle, job_input: dict[str, Any], tmp_path: Path
+) -> None:
+    single = job_input["summaries"][1]  # what the submit task returns when the input fitted one batch
+    prices = {"qwen-flash": {"input": 1.0, "output": 2.0, "unit": 1000}}
+    result = DownloadBatchResultsOperator(
+        task_id="dl", job=single, destination=str(tmp_path / "dest"), prices=prices
+    ).execute(context_for(StubTI()))
+    assert result["output_path"] == str(tmp_path / "dest" / "output.jsonl")
+    assert sorted(ids_of(result["output_path"]) + ids_of(result["error_path"])) == all_ids()[10:20]
+    assert result["batch_ids"] == [single["batch_id"]]
+    # The model for the price comes from the answers (a single-batch summary does not name it).
+    tokens = result["tokens"]
+    assert result["cost"]["amount"] == pytest.approx(
+        (tokens["prompt"] * 1.0 + tokens["completion"] * 2.0) / 1000
+    )
+
+
 DAG_FILE = textwrap.dedent(
     f"""
     import json
