@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 SHARDED_KIND = "sharded"
 _COPY_CHUNK = 1024 * 1024
+_MODEL_LINES = 100  # lines of an output file read to find the model's name (never the whole file)
 
 
 class JobShapeError(ValueError):
@@ -95,7 +96,7 @@ def parse_job(job: Any, *, where: str = "job") -> JobShape:
     """
     if not isinstance(job, Mapping):
         hint = (
-            "; a Jinja string renders to text: pass the XComArg (submit.output) instead"
+            "; job is not templated: pass the submit task's XComArg (e.g. submit.output) instead"
             if isinstance(job, str)
             else ""
         )
@@ -255,7 +256,7 @@ def _model_of_output(path: str | None) -> str | None:
     if path is None:
         return None
     with open(path, "rb") as fh:
-        for raw in fh:
+        for _, raw in zip(range(_MODEL_LINES), fh, strict=False):
             try:
                 body = json.loads(raw).get("response", {}).get("body", {})
             except (ValueError, AttributeError):

@@ -132,7 +132,9 @@ class DownloadBatchResultsOperator(QwenBatchBaseOperator):
                 "task read): the results are written in its order. Without it, results come in the "
                 "order of the result files (leave results_by_custom_id False)"
             )
-        if isinstance(job, Mapping):
+        from airflow.sdk import XComArg
+
+        if job is not None and not isinstance(job, XComArg):
             try:
                 parse_job(job, where=f"{self.task_id}: job")
             except JobShapeError as exc:
@@ -231,6 +233,7 @@ class DownloadBatchResultsOperator(QwenBatchBaseOperator):
         """Merge every batch of a sharded job into one output and one error file."""
         from airflow.sdk import XComArg
 
+        from airflow_provider_qwenbatch.compat import AirflowFailException
         from airflow_provider_qwenbatch.job_results import download_job_results
 
         job: Any = self.job
@@ -239,7 +242,8 @@ class DownloadBatchResultsOperator(QwenBatchBaseOperator):
         try:
             parse_job(job, where=f"{self.task_id}: job")
         except JobShapeError as exc:
-            raise QwenBatchAirflowError(str(exc)) from None
+            # Not retried: the upstream task's return value will not change.
+            raise AirflowFailException(str(exc)) from None
         prices: str | Mapping[str, Any] | PriceTable | None = self.prices
         client = self._client()
         with client, as_airflow_errors():

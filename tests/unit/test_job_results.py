@@ -62,7 +62,7 @@ def test_parse_job_takes_a_single_batch_summary_as_one_shard() -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("{'kind': 'sharded'}", r"got str; a Jinja string renders to text"),
+        ("{'kind': 'sharded'}", r"got str; job is not templated"),
         (["b1"], r"job must be the submit task's return value \(a dict\), got list"),
         ({"status": "completed"}, r"neither 'kind' \(a sharded job\) nor 'batch_id'"),
         ({"kind": "mapped"}, r"job.kind must be 'sharded', got 'mapped'"),
@@ -112,6 +112,10 @@ def test_parse_job_names_what_is_wrong(value: Any, message: str) -> None:
         ({"batch_id": "b", "prices": {"qwen-plus": {"input": 1}}}, r"prices apply to job="),
         ({"batch_id": "b", "input_path": "/x"}, r"input_path apply to job="),
         ({"job": {"kind": "sharded"}}, r"dl: job.batch_ids must be a non-empty list"),
+        (
+            {"job": "{{ ti.xcom_pull(task_ids='submit') }}"},
+            r"dl: job must be .* got str; job is not templated",
+        ),
         (
             {"job": job(shard(1, 0, "b1")), "prices": {"qwen-plus": {"input": -1}}},
             r"dl: prices: prices\['qwen-plus'\].input must be a number >= 0",
@@ -281,3 +285,26 @@ def test_input_order_without_input_path_is_refused(tmp_path: Path) -> None:
     ):
         download_job_results(client, job(shard(1, 0, "b1")), str(tmp_path), results_by_custom_id=True)
     assert server.asked == []
+
+
+def test_a_bad_job_at_run_time_fails_the_task_without_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an XComArg resolves to is checked before any request (the real resolution: see the dag.test() test)."""
+    from airflow_provider_qwenbatch.compat import AirflowFailException
+
+    # No network here: a request would fail with another error than the one expected.
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_QWEN_BATCH_DEFAULT",
+        json.dumps({"conn_type": "qwen_batch", "password": API_KEY, "host": BASE_URL}),
+    )
+    dl = DownloadBatchResultsOperator(task_id="dl", job=job(shard(1, 0, "b1")), destination=str(tmp_path))
+    dl.job = {
+        "kind": "sharded",
+        "batch_ids": ["b1"],
+        "shards": [{"shard": 1}],
+    }  # as an upstream task returned it
+    with pytest.raises(
+        AirflowFailException, match=r"dl: job.shards\[0\].round must be an integer >= 0, got None"
+    ):
+        dl.execute({})  # type: ignore[arg-type]
