@@ -330,5 +330,5 @@ class BatchesStatusTrigger(BatchWatchTrigger):
         outcomes = await asyncio.gather(
             *(acancel_quietly(client, i, budget=budget, logger=self.log) for i in unfinished)
         )
-        self.log.info("Cancelled %d batches on kill: %s", len(outcomes), describe_outcomes(outcomes))
+        self.log.info("Kill: cancel of %d unfinished batches: %s", len(outcomes), describe_outcomes(outcomes))
         return list(outcomes)
