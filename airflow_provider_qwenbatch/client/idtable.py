@@ -45,23 +45,25 @@ class CompactIdIndex:
         :param key: the ``custom_id``.
         :param default: its 1-based position (at most 4,294,967,295).
         """
+        # (Called once per line of a large input: locals only, the free-slot case first.)
         h = hash(key)
         c = hash("\x1f" + key) & _MASK32
-        hashes, checks, lines, mask = self._hash, self._check, self._line, self._mask
+        lines = self._line
+        mask = self._mask
         i = h & mask
-        while True:
-            first = lines[i]
-            if first == 0:
-                hashes[i] = h
-                checks[i] = c
-                lines[i] = default
-                self._used += 1
-                if self._used > self._limit:
-                    self._grow()
-                return default
-            if hashes[i] == h and checks[i] == c:
+        first = lines[i]
+        while first != 0:
+            if self._hash[i] == h and self._check[i] == c:
                 return first
             i = (i + 1) & mask
+            first = lines[i]
+        self._hash[i] = h
+        self._check[i] = c
+        lines[i] = default
+        used = self._used = self._used + 1
+        if used > self._limit:
+            self._grow()
+        return default
 
     def _grow(self) -> None:
         old = (self._hash, self._check, self._line)
