@@ -65,9 +65,24 @@ class CompactIdIndex:
             self._grow()
         return default
 
+    def reserve(self, count: int) -> None:
+        """Make room for ``count`` ids now, so the table is not regrown (and rehashed) on the way there.
+
+        :param count: how many ids are expected (an estimate; more still fit, the table grows).
+        """
+        bits = self._mask.bit_length()
+        wanted = bits
+        while (1 << wanted) * 7 // 10 < count:
+            wanted += 1
+        if wanted > bits:
+            self._rehash(wanted)
+
     def _grow(self) -> None:
+        self._rehash(self._mask.bit_length() + 1)
+
+    def _rehash(self, bits: int) -> None:
         old = (self._hash, self._check, self._line)
-        self._allocate(self._mask.bit_length() + 1)
+        self._allocate(bits)
         hashes, checks, lines, mask = self._hash, self._check, self._line, self._mask
         for h, c, first in zip(*old, strict=True):
             if first == 0:

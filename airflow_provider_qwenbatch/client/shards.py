@@ -41,6 +41,8 @@ from airflow_provider_qwenbatch.client.jsonl import (
 from airflow_provider_qwenbatch.client.logs import LoggerLike
 from airflow_provider_qwenbatch.client.models import TEST_MODEL
 
+# The id table is sized from the lines in the first bytes of a file (see _reserve_ids).
+_SAMPLE_BYTES = 256 * 1024
 # Lines are gathered into chunks of about this size, each written and hashed in one call: two
 # calls per line were a tenth of a large split.
 _CHUNK = 256 * 1024
@@ -252,6 +254,23 @@ class _ShardWriter:
             self._fh = None
 
 
+def _reserve_ids(index: CompactIdIndex, fh: IO[bytes]) -> None:
+    """Size the id table for the whole file from the lines in its first bytes.
+
+    Growing it one doubling at a time rehashes every id about twice over (a twentieth of a large
+    split) and holds the old and the new table at once at each step. The estimate is capped so
+    that the table reserved stays under about 1/16 of the file's size (16 bytes a slot).
+    """
+    size = os.fstat(fh.fileno()).st_size
+    sample = fh.read(_SAMPLE_BYTES)
+    fh.seek(0)
+    newlines = sample.count(b"\n")
+    if newlines == 0 or len(sample) == size:
+        return
+    estimate = size * newlines // len(sample)
+    index.reserve(min(estimate, size // 32 // 16 * 7 // 10))
+
+
 def _run(
     source: str,
     endpoint: str,
@@ -323,6 +342,8 @@ def split_jsonl_file(
 
     def feed(checker: Checker, writer: _ShardWriter) -> None:
         with open_input(local, name) as fh:
+            if isinstance(checker.seen, CompactIdIndex):
+                _reserve_ids(checker.seen, fh)
             scan_lines(fh, checker, None, writer.add)
 
     return _run(name, endpoint, folder, limits, max_lines_per_batch, "line", strict_cost, feed, logger)
