@@ -15,7 +15,6 @@ the input's size.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from airflow_provider_qwenbatch.client.billing import InputWarning
+from airflow_provider_qwenbatch.client.hashed_file import HashedFile
 from airflow_provider_qwenbatch.client.identity import InputFingerprint
 from airflow_provider_qwenbatch.client.idtable import CompactIdIndex
 from airflow_provider_qwenbatch.client.jsonl import (
@@ -155,9 +155,8 @@ class _ShardWriter:
         self.max_lines_per_batch = max_lines_per_batch
         self.shards: list[Shard] = []
         self.created: list[Path] = []
-        self._fh: IO[bytes] | None = None
+        self._fh: HashedFile | None = None
         self._buf = bytearray()
-        self._digest = hashlib.sha256()
         self._lines = 0
         self._bytes = 0
         self._first = 0
@@ -205,30 +204,29 @@ class _ShardWriter:
         number = len(self.shards) + 1
         path = self.folder / f"shard-{number:05d}.jsonl"
         self.created.append(path)
-        self._fh = path.open("wb")
-        self._digest = hashlib.sha256()
+        self._fh = HashedFile(path)
         self._lines = self._bytes = 0
         self._first = n
 
     def _flush(self) -> None:
-        # The shard's SHA-256 is taken from the very bytes written, as they are written.
+        # The chunk is handed over (written and hashed in the HashedFile's thread), not copied.
         assert self._fh is not None
-        self._fh.write(self._buf)
-        self._digest.update(self._buf)
-        self._buf.clear()
+        if self._buf:
+            self._fh.write(self._buf)
+            self._buf = bytearray()
 
     def _close(self) -> None:
         if self._fh is None:
             return
         self._flush()
-        self._fh.close()
+        sha256 = self._fh.close()
         summary = InputSummary(
-            self._fh.name if isinstance(self._fh.name, str) else os.fsdecode(self._fh.name),
+            os.fspath(self._fh.path),
             self._lines,
             self._bytes,
             self.checker.model,
             self.endpoint,
-            self._digest.hexdigest(),
+            sha256,
         )
         self.shards.append(Shard(len(self.shards) + 1, summary, self._first, self._last))
         self._fh = None
@@ -248,9 +246,9 @@ class _ShardWriter:
         return self.shards
 
     def abort(self) -> None:
-        self._buf.clear()
+        self._buf = bytearray()
         if self._fh is not None:
-            self._fh.close()
+            self._fh.abort()
             self._fh = None
 
 
