@@ -1,0 +1,290 @@
+"""``@task.qwen_batch`` in a DAG file under ``dag.test()``, against the emulator over loopback.
+
+The decorator is reached as a user reaches it (``from airflow.sdk import task; task.qwen_batch``),
+so every test here also proves Airflow's ProvidersManager found it in the provider info. What
+reached the server is read back from the emulator's stored input files and request log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_qwenbatch.emulator.config import EmulatorConfig
+from airflow_provider_qwenbatch.emulator.server import EmulatorHandle, running_emulator
+from airflow_provider_qwenbatch.exceptions import BatchInputError
+from tests.integration.conftest import API_KEY, FAST, conn_json
+from tests.integration.dag_folder import load_dags
+from tests.integration.helpers import StubTI, context_for
+
+pytestmark = pytest.mark.integration
+
+TRICKY = "Summarise {{ ds }} for {{ conn.qwen_batch_default.password }} {% raw %}x{% endraw %}"
+
+DAG_FILE = textwrap.dedent(
+    """
+    import os
+    from datetime import datetime
+
+    from airflow.sdk import DAG, task
+
+    POLL = float(os.environ.get("QWEN_TEST_POLL", "0.2"))
+    DEST = os.environ.get("QWEN_TEST_DEST", "/nonexistent")
+
+
+    def request(custom_id, content, model="qwen-flash"):
+        return {"custom_id": custom_id, "body": {"model": model, "messages": [{"role": "user", "content": content}]}}
+
+
+    with DAG(dag_id="deco_list", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+
+        @task
+        def topics():
+            return ["alpha", "beta", "gamma"]
+
+        @task.qwen_batch(poll_interval=POLL)
+        def label(names, suffix, ds=None):
+            # ds comes from the context, as in any TaskFlow function
+            return [request(f"r-{i}", f"{n} {suffix} {ds}") for i, n in enumerate(names)]
+
+        label(topics(), suffix="please")
+
+
+    with DAG(dag_id="deco_generator", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+
+        @task.qwen_batch(poll_interval=POLL, destination=DEST)
+        def many(n):
+            for i in range(n):
+                yield request(f"g-{i:03d}", f"question {i}")
+
+        many(250)
+
+
+    with DAG(dag_id="deco_untemplated", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+
+        @task.qwen_batch(poll_interval=POLL, wait_for_completion=False)
+        def prompts(prompt):
+            return [request("from-return", "{{ ds }} {{ var.value.x }}"), request("from-arg", prompt)]
+
+        prompts(prompt=os.environ.get("QWEN_TEST_PROMPT", ""))
+
+
+    with DAG(dag_id="deco_deferred", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+
+        @task.qwen_batch(poll_interval=POLL, deferrable=True, destination=DEST)
+        def deferred():
+            yield from (request(f"d-{i}", f"question {i}") for i in range(20))
+
+        deferred()
+
+
+    with DAG(dag_id="deco_bad_request", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+
+        @task.qwen_batch(poll_interval=POLL)
+        def bad():
+            yield request("b-1", "fine")
+            yield request("b-2", "fine")
+            yield {"body": {"model": "qwen-flash", "messages": []}}  # no custom_id
+
+        bad()
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def stored_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmulatorHandle, Path]]:
+    """An emulator whose uploaded files can be read back from its ``state_dir`` (input files cannot be downloaded)."""
+    state = tmp_path_factory.mktemp("emulator-state")
+    config = EmulatorConfig(port=0, api_key=API_KEY, state_dir=str(state), **FAST)  # type: ignore[arg-type]
+    with running_emulator(config) as handle:
+        yield handle, state / "files"
+
+
+@pytest.fixture
+def emu(stored_emulator: tuple[EmulatorHandle, Path], monkeypatch: pytest.MonkeyPatch) -> EmulatorHandle:
+    handle, _ = stored_emulator
+    handle.reset()
+    handle.clear_faults()
+    handle.set_config(line_error_rate=0.0, line_soft_error_rate=0.0, time_scale=1.0, **FAST)
+    monkeypatch.setenv("AIRFLOW_CONN_QWEN_BATCH_DEFAULT", conn_json(handle))
+    return handle
+
+
+@pytest.fixture
+def dags(
+    airflow_db: Path, emu: EmulatorHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    # The run-failure listener would act on the failing DAG's run; the task's own path is under test.
+    monkeypatch.setenv("AIRFLOW__QWENBATCH__CANCEL_ON_DAG_RUN_FAILED", "False")
+    monkeypatch.setenv("QWEN_TEST_DEST", str(tmp_path / "results"))
+    monkeypatch.setenv("QWEN_TEST_PROMPT", TRICKY)
+    return load_dags(tmp_path, monkeypatch, "qwen_decorator_dags", DAG_FILE)
+
+
+def _stored_lines(files: Path, batch: dict[str, Any]) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (files / batch["input_file_id"]).read_text().splitlines()]
+
+
+def _summary(dr: Any, task_id: str) -> dict[str, Any]:
+    (ti,) = [t for t in dr.get_task_instances() if t.task_id == task_id]
+    assert str(ti.state) == "success", ti.state
+    value = ti.xcom_pull(task_ids=task_id)
+    assert isinstance(value, dict), value
+    return value
+
+
+def _content(line: dict[str, Any]) -> str:
+    return str(line["body"]["messages"][0]["content"])
+
+
+def test_a_function_returning_a_list_is_submitted_and_returns_the_summary(
+    dags: dict[str, Any], emu: EmulatorHandle, stored_emulator: tuple[EmulatorHandle, Path]
+) -> None:
+    dag = dags["deco_list"]
+    assert dag.get_task("label").upstream_task_ids == {"topics"}  # the XComArg argument orders the tasks
+    dr = dag.test()
+    summary = _summary(dr, "label")
+    (batch,) = [b["batch"] for b in emu.batches(lines=False)]
+    assert summary["batch_id"] == batch["id"]
+    assert summary["status"] == "completed"
+    assert summary["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+    assert "results" not in summary  # no destination, no download
+    lines = _stored_lines(stored_emulator[1], batch)
+    ds = dr.logical_date.strftime("%Y-%m-%d") if dr.logical_date else None
+    assert [(x["custom_id"], _content(x)) for x in lines] == [
+        ("r-0", f"alpha please {ds}"),
+        ("r-1", f"beta please {ds}"),
+        ("r-2", f"gamma please {ds}"),
+    ]
+    assert {x["url"] for x in lines} == {"/v1/chat/completions"}  # method/url filled from the endpoint
+    assert batch["metadata"]["ds_name"].startswith("af-")  # the provider's tag, as SubmitBatchOperator's
+
+
+def test_a_generator_of_250_requests_and_its_results_downloaded(
+    dags: dict[str, Any], emu: EmulatorHandle, tmp_path: Path, stored_emulator: tuple[EmulatorHandle, Path]
+) -> None:
+    emu.set_config(line_error_rate=0.1, seed=11)
+    dr = dags["deco_generator"].test()
+    summary = _summary(dr, "many")
+    (batch,) = [b["batch"] for b in emu.batches(lines=False)]
+    lines = _stored_lines(stored_emulator[1], batch)
+    assert [x["custom_id"] for x in lines] == [f"g-{i:03d}" for i in range(250)]
+    assert summary["request_counts"]["total"] == 250
+    # The results: downloaded to <destination>/<batch_id>/, every custom_id once, counted by line.
+    results = summary["results"]
+    folder = tmp_path / "results" / batch["id"]
+    assert results["output_path"] == str(folder / "output.jsonl")
+    downloaded = [json.loads(x) for x in (folder / "output.jsonl").read_text().splitlines()]
+    if results["error_path"]:
+        downloaded += [json.loads(x) for x in Path(results["error_path"]).read_text().splitlines()]
+    assert sorted(x["custom_id"] for x in downloaded) == [f"g-{i:03d}" for i in range(250)]
+    truth = emu.batch_state(batch["id"])["results"]
+    failed = sum(1 for r in truth if r["status_code"] != 200)
+    assert failed > 0
+    assert (results["lines"], results["failed"], results["succeeded"]) == (250, failed, 250 - failed)
+    assert results["tokens"]["total"] > 0
+
+
+def test_prompts_in_the_return_value_and_the_arguments_reach_the_server_unrendered(
+    dags: dict[str, Any], emu: EmulatorHandle, stored_emulator: tuple[EmulatorHandle, Path]
+) -> None:
+    dag = dags["deco_untemplated"]
+    assert "op_kwargs" not in dag.get_task("prompts").template_fields
+    _summary(dag.test(), "prompts")
+    (batch,) = [b["batch"] for b in emu.batches(lines=False)]
+    stored = (stored_emulator[1] / batch["input_file_id"]).read_text()
+    assert API_KEY not in stored  # {{ conn...password }} was not rendered
+    assert {x["custom_id"]: _content(x) for x in map(json.loads, stored.splitlines())} == {
+        "from-return": "{{ ds }} {{ var.value.x }}",
+        "from-arg": TRICKY,
+    }
+
+
+def test_deferred_job_downloads_after_resuming(
+    dags: dict[str, Any], emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    dr = dags["deco_deferred"].test()
+    summary = _summary(dr, "deferred")
+    (batch,) = [b["batch"] for b in emu.batches(lines=False)]
+    assert summary["batch_id"] == batch["id"]
+    assert summary["status"] == "completed"
+    assert summary["results"]["lines"] == 20
+    out = tmp_path / "results" / batch["id"] / "output.jsonl"
+    assert sorted(json.loads(x)["custom_id"] for x in out.read_text().splitlines()) == sorted(
+        f"d-{i}" for i in range(20)
+    )
+
+
+def test_a_bad_request_fails_the_task_naming_its_position_before_any_upload(
+    dags: dict[str, Any], emu: EmulatorHandle
+) -> None:
+    dag = dags["deco_bad_request"]
+    dr = dag.test()
+    (ti,) = dr.get_task_instances()
+    assert str(ti.state) == "failed"
+    assert emu.requests() == []  # nothing uploaded, no batch
+    # The message the task failed with (its own execute, outside the task runner's log capture).
+    op = dag.get_task("bad")
+    with pytest.raises(
+        BatchInputError, match=r"request 3 \(index 2\): \[missing_custom_id\] field 'custom_id'"
+    ):
+        op.execute(context_for(StubTI(task_id="bad")))
+    assert emu.requests() == []
+
+
+def test_refuses_an_input_argument_and_an_async_function() -> None:
+    from airflow_provider_qwenbatch.decorators.qwen_batch import qwen_batch_task
+
+    def f() -> list[dict[str, Any]]:
+        return []
+
+    async def g() -> list[dict[str, Any]]:
+        return []
+
+    with pytest.raises(TypeError, match="input_path cannot be given"):
+        qwen_batch_task(input_path="/tmp/x.jsonl")(f)()
+    with pytest.raises(TypeError, match="not an async one"):
+        qwen_batch_task()(g)()
+    with pytest.raises(ValueError, match="destination needs wait_for_completion=True"):
+        qwen_batch_task(destination="/tmp/out", wait_for_completion=False)(f)()
+
+
+def test_providers_manager_registers_task_qwen_batch_and_default_deferrable_follows_the_config() -> None:
+    # A fresh interpreter: discovery is cached per process, and the config is read at import.
+    code = textwrap.dedent(
+        """
+        import json
+        from datetime import datetime
+        from airflow.sdk import DAG, task
+        from airflow_provider_qwenbatch.decorators.qwen_batch import qwen_batch_task
+
+        with DAG("d", schedule=None, start_date=datetime(2026, 1, 1)):
+            @task.qwen_batch(endpoint="/v1/embeddings")
+            def emb():
+                return []
+            op = emb().operator
+        print(json.dumps({"same": task.qwen_batch is qwen_batch_task, "deferrable": op.deferrable,
+                          "type": type(op).__name__, "endpoint": op.endpoint}))
+        """
+    )
+    for flag in ("True", "False"):
+        env = dict(os.environ, AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=flag)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, check=False
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        data = json.loads(out.stdout.strip().splitlines()[-1])
+        assert data == {
+            "same": True,
+            "deferrable": flag == "True",
+            "type": "_QwenBatchDecoratedOperator",
+            "endpoint": "/v1/embeddings",
+        }
