@@ -86,6 +86,15 @@ DAG_FILE = textwrap.dedent(
         deferred()
 
 
+    with DAG(dag_id="deco_mapped", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+
+        @task.qwen_batch(poll_interval=POLL)
+        def per_topic(topic, n):
+            return [request(f"{topic}-{i}", f"{topic} {i}") for i in range(n)]
+
+        per_topic.partial(n=3).expand(topic=["alpha", "beta"])
+
+
     with DAG(dag_id="deco_bad_request", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
 
         @task.qwen_batch(poll_interval=POLL)
@@ -219,6 +228,23 @@ def test_deferred_job_downloads_after_resuming(
     assert sorted(json.loads(x)["custom_id"] for x in out.read_text().splitlines()) == sorted(
         f"d-{i}" for i in range(20)
     )
+
+
+def test_mapped_task_submits_one_batch_per_map_index(
+    dags: dict[str, Any], emu: EmulatorHandle, stored_emulator: tuple[EmulatorHandle, Path]
+) -> None:
+    dr = dags["deco_mapped"].test()
+    tis = sorted(dr.get_task_instances(), key=lambda t: t.map_index)
+    assert [(t.map_index, str(t.state)) for t in tis] == [(0, "success"), (1, "success")]
+    batches = {b["batch"]["id"]: b["batch"] for b in emu.batches(lines=False)}
+    seen = set()
+    for ti in tis:
+        summary = ti.xcom_pull(task_ids="per_topic", map_indexes=ti.map_index)
+        ids = [x["custom_id"] for x in _stored_lines(stored_emulator[1], batches[summary["batch_id"]])]
+        topic = ["alpha", "beta"][ti.map_index]
+        assert ids == [f"{topic}-{i}" for i in range(3)]
+        seen.add(summary["batch_id"])
+    assert seen == set(batches)
 
 
 def test_a_bad_request_fails_the_task_naming_its_position_before_any_upload(
