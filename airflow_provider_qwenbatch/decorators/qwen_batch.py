@@ -154,6 +154,8 @@ def _resolve_xcom_args(value: Any, context: Context) -> Any:
 
     if isinstance(value, XComArg):
         return value.resolve(context)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple takes its fields one by one
+        return type(value)(*(_resolve_xcom_args(v, context) for v in value))
     if isinstance(value, (list, tuple, set)):
         return type(value)(_resolve_xcom_args(v, context) for v in value)
     if isinstance(value, dict):

@@ -8,9 +8,6 @@ reached the server is read back from the emulator's stored input files and reque
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -262,53 +259,3 @@ def test_a_bad_request_fails_the_task_naming_its_position_before_any_upload(
     ):
         op.execute(context_for(StubTI(task_id="bad")))
     assert emu.requests() == []
-
-
-def test_refuses_an_input_argument_and_an_async_function() -> None:
-    from airflow_provider_qwenbatch.decorators.qwen_batch import qwen_batch_task
-
-    def f() -> list[dict[str, Any]]:
-        return []
-
-    async def g() -> list[dict[str, Any]]:
-        return []
-
-    with pytest.raises(TypeError, match="input_path cannot be given"):
-        qwen_batch_task(input_path="/tmp/x.jsonl")(f)()
-    with pytest.raises(TypeError, match="not an async one"):
-        qwen_batch_task()(g)()
-    with pytest.raises(ValueError, match="destination needs wait_for_completion=True"):
-        qwen_batch_task(destination="/tmp/out", wait_for_completion=False)(f)()
-
-
-def test_providers_manager_registers_task_qwen_batch_and_default_deferrable_follows_the_config() -> None:
-    # A fresh interpreter: discovery is cached per process, and the config is read at import.
-    code = textwrap.dedent(
-        """
-        import json
-        from datetime import datetime
-        from airflow.sdk import DAG, task
-        from airflow_provider_qwenbatch.decorators.qwen_batch import qwen_batch_task
-
-        with DAG("d", schedule=None, start_date=datetime(2026, 1, 1)):
-            @task.qwen_batch(endpoint="/v1/embeddings")
-            def emb():
-                return []
-            op = emb().operator
-        print(json.dumps({"same": task.qwen_batch is qwen_batch_task, "deferrable": op.deferrable,
-                          "type": type(op).__name__, "endpoint": op.endpoint}))
-        """
-    )
-    for flag in ("True", "False"):
-        env = dict(os.environ, AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=flag)
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, check=False
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-        data = json.loads(out.stdout.strip().splitlines()[-1])
-        assert data == {
-            "same": True,
-            "deferrable": flag == "True",
-            "type": "_QwenBatchDecoratedOperator",
-            "endpoint": "/v1/embeddings",
-        }
