@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.bases.decorator import TaskDecorator
 
-    from airflow_provider_qwenbatch.client.models import Batch
-    from airflow_provider_qwenbatch.client.sync import BatchClient
 
 # Input arguments of SubmitBatchOperator that the function's return value replaces.
 _INPUT_ARGUMENTS = ("requests", "input_path", "input_file_id", "input_conn_id")
@@ -131,17 +129,43 @@ class _QwenBatchDecoratedOperator(DecoratedOperator, SubmitBatchOperator):
 
     # ---- the optional download --------------------------------------------------------------
 
-    def _finish(self, client: BatchClient, batch: Batch) -> dict[str, Any]:
-        # Both the worker's wait and execute_complete (deferred) end here, with the client open.
-        summary = super()._finish(client, batch)
-        if self.destination is None:
+    def execute(self, context: Context) -> Any:
+        """Read the function's requests, submit, wait in the worker or defer; download when done here.
+
+        :param context: the task's context.
+        """
+        return self._with_results(super().execute(context))
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """Resume after a deferral like :class:`SubmitBatchOperator`; download once the job is done.
+
+        Every resume method of the submit operator comes through here (a trigger event, a
+        timeout), so the download does not depend on which one ended the job.
+
+        :param next_method: the method the task resumes in.
+        :param next_kwargs: its arguments (the trigger event).
+        :param context: the task's context.
+        """
+        return self._with_results(super().resume_execution(next_method, next_kwargs, context))
+
+    def _with_results(self, summary: Any) -> Any:
+        # Reached only with a job that succeeded: the submit operator raises for one that did not.
+        if self.destination is None or not isinstance(summary, dict):
             return summary
+        from airflow_provider_qwenbatch.exceptions import as_airflow_errors
         from airflow_provider_qwenbatch.operators.download import download_batch_results
 
-        self.log.info("Downloading the results of batch %s to %s", batch.id, self.destination)
-        results, _ = download_batch_results(
-            client, batch, self.destination, destination_conn_id=self.destination_conn_id, logger=self.log
-        )
+        client = self._client()
+        with client, as_airflow_errors():
+            batch_id = summary["batch_id"]
+            self.log.info("Downloading the results of batch %s to %s", batch_id, self.destination)
+            results, _ = download_batch_results(
+                client,
+                client.retrieve_batch(batch_id),
+                self.destination,
+                destination_conn_id=self.destination_conn_id,
+                logger=self.log,
+            )
         return {**summary, "results": results}
 
 
