@@ -29,6 +29,7 @@ TRICKY = "Summarise {{ ds }} for {{ conn.qwen_batch_default.password }} {% raw %
 DAG_FILE = textwrap.dedent(
     """
     import os
+    import weakref
     from datetime import datetime
 
     from airflow.sdk import DAG, task
@@ -57,10 +58,21 @@ DAG_FILE = textwrap.dedent(
 
     with DAG(dag_id="deco_generator", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
 
+        class Request(dict):  # a dict that can be weakly referenced
+            pass
+
         @task.qwen_batch(poll_interval=POLL, destination=DEST)
         def many(n):
+            # How many of the requests already yielded are still referenced: streamed means few.
+            refs, most_alive = [], 0
             for i in range(n):
-                yield request(f"g-{i:03d}", f"question {i}")
+                most_alive = max(most_alive, sum(r() is not None for r in refs))
+                item = Request(request(f"g-{i:03d}", f"question {i}"))
+                refs.append(weakref.ref(item))
+                yield item
+                del item
+            with open(os.environ["QWEN_TEST_ALIVE"], "w") as fh:
+                fh.write(str(most_alive))
 
         many(250)
 
@@ -174,16 +186,24 @@ def test_a_function_returning_a_list_is_submitted_and_returns_the_summary(
     assert batch["metadata"]["ds_name"].startswith("af-")  # the provider's tag, as SubmitBatchOperator's
 
 
-def test_a_generator_of_250_requests_and_its_results_downloaded(
-    dags: dict[str, Any], emu: EmulatorHandle, tmp_path: Path, stored_emulator: tuple[EmulatorHandle, Path]
+def test_a_generator_of_250_requests_is_streamed_and_its_results_downloaded(
+    dags: dict[str, Any],
+    emu: EmulatorHandle,
+    tmp_path: Path,
+    stored_emulator: tuple[EmulatorHandle, Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     emu.set_config(line_error_rate=0.1, seed=11)
+    alive = tmp_path / "alive.txt"
+    monkeypatch.setenv("QWEN_TEST_ALIVE", str(alive))
     dr = dags["deco_generator"].test()
     summary = _summary(dr, "many")
     (batch,) = [b["batch"] for b in emu.batches(lines=False)]
     lines = _stored_lines(stored_emulator[1], batch)
     assert [x["custom_id"] for x in lines] == [f"g-{i:03d}" for i in range(250)]
     assert summary["request_counts"]["total"] == 250
+    # Each request was let go once written: at most one earlier request alive at any yield.
+    assert int(alive.read_text()) <= 1
     # The results: downloaded to <destination>/<batch_id>/, every custom_id once, counted by line.
     results = summary["results"]
     folder = tmp_path / "results" / batch["id"]
