@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factory
 
-from airflow_provider_qwenbatch.exceptions import BatchInputError
+from airflow_provider_qwenbatch.exceptions import BatchInputError, QwenBatchAirflowError
 from airflow_provider_qwenbatch.operators.submit import SubmitBatchOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.bases.decorator import TaskDecorator
+
+    from airflow_provider_qwenbatch.client.sync import BatchClient
 
 
 # Input arguments of SubmitBatchOperator that the function's return value replaces.
@@ -123,9 +125,10 @@ class _QwenBatchDecoratedOperator(DecoratedOperator, SubmitBatchOperator):
             )
         return result
 
-    # Today's SubmitBatchOperator reads its input here; the requests are read once, as they stream.
-    def _resolved_requests(self, context: Context) -> Iterable[Mapping[str, Any]]:  # type: ignore[override]
-        return self._input_requests(context)
+    def _requests_source(self) -> str:
+        # Errors name the function, not the operator's requests argument the user never wrote.
+        verb = "yielded" if inspect.isgeneratorfunction(self.python_callable) else "returned"
+        return f"requests {verb} by {getattr(self.python_callable, '__name__', 'the function')}()"
 
     # ---- the optional download --------------------------------------------------------------
 
@@ -153,20 +156,42 @@ class _QwenBatchDecoratedOperator(DecoratedOperator, SubmitBatchOperator):
         if self.destination is None or not isinstance(summary, dict):
             return summary
         from airflow_provider_qwenbatch.exceptions import as_airflow_errors
-        from airflow_provider_qwenbatch.operators.download import download_batch_results
 
         client = self._client()
         with client, as_airflow_errors():
-            batch_id = summary["batch_id"]
-            self.log.info("Downloading the results of batch %s to %s", batch_id, self.destination)
-            results, _ = download_batch_results(
-                client,
-                client.retrieve_batch(batch_id),
-                self.destination,
-                destination_conn_id=self.destination_conn_id,
-                logger=self.log,
-            )
+            if summary.get("kind") == "sharded":
+                results = self._download_job(client, summary)
+            else:
+                from airflow_provider_qwenbatch.operators.download import download_batch_results
+
+                batch_id = summary["batch_id"]
+                self.log.info("Downloading the results of batch %s to %s", batch_id, self.destination)
+                results, _ = download_batch_results(
+                    client,
+                    client.retrieve_batch(batch_id),
+                    self.destination,
+                    destination_conn_id=self.destination_conn_id,
+                    logger=self.log,
+                )
         return {**summary, "results": results}
+
+    def _download_job(self, client: BatchClient, job: dict[str, Any]) -> dict[str, Any]:
+        """All shards' results merged into one ``output.jsonl`` and ``errors.jsonl`` at the destination."""
+        try:
+            from airflow_provider_qwenbatch.job_results import (  # type: ignore[import-not-found, unused-ignore]
+                download_job_results,
+            )
+        except ImportError:  # the download of a job of many batches is not in this version yet
+            raise QwenBatchAirflowError(
+                f"{self.task_id}: the job completed in {len(job['batch_ids'])} batches "
+                f"({', '.join(job['batch_ids'])}), but destination= can only download a job of one "
+                "batch in this version; download them with DownloadBatchResultsOperator"
+            ) from None
+        self.log.info("Downloading the results of %d batches to %s", len(job["batch_ids"]), self.destination)
+        results: dict[str, Any] = download_job_results(
+            client, job, self.destination, destination_conn_id=self.destination_conn_id, logger=self.log
+        )
+        return results
 
 
 def _resolve_xcom_args(value: Any, context: Context) -> Any:

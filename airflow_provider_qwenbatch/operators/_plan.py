@@ -29,6 +29,7 @@ def plan_requests(
     max_lines_per_batch: int | None,
     strict_cost: bool,
     logger: LoggerLike,
+    source: str | None = None,
 ) -> ShardPlan:
     """Validate request dicts (consumed once, never all in memory) and split them into shards.
 
@@ -37,12 +38,13 @@ def plan_requests(
     :param max_lines_per_batch: the user's cap on lines per shard.
     :param strict_cost: refuse billing surprises instead of warning.
     :param logger: the task log.
+    :param source: how errors name the input (default: the operator's ``requests`` list).
     """
     plan = split_requests(
         requests,
         endpoint,
         max_lines_per_batch=max_lines_per_batch,
-        source=REQUESTS_SOURCE,
+        source=source or REQUESTS_SOURCE,
         strict_cost=strict_cost,
         logger=logger,
     )

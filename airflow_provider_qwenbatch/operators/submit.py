@@ -282,6 +282,10 @@ class SubmitBatchOperator(SubmitAbortPaths, QwenBatchBaseOperator):
             )
         return requests
 
+    def _requests_source(self) -> str | None:
+        """How errors name where the requests come from (``None``: the ``requests`` argument)."""
+        return None
+
     def _plan_input(self, context: Context) -> ShardPlan | None:
         """Validate and split the input (``None`` for an ``input_file_id``), checked before any upload.
 
@@ -298,6 +302,7 @@ class SubmitBatchOperator(SubmitAbortPaths, QwenBatchBaseOperator):
                     max_lines_per_batch=self.max_lines_per_batch,
                     strict_cost=self.strict_cost,
                     logger=self.log,
+                    source=self._requests_source(),
                 )
             elif self.input_path is not None:
                 plan = plan_path(

@@ -104,6 +104,16 @@ DAG_FILE = textwrap.dedent(
         per_topic.partial(n=3).expand(topic=["alpha", "beta"])
 
 
+    with DAG(dag_id="deco_sharded", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+
+        @task.qwen_batch(poll_interval=POLL, deferrable=False, max_lines_per_batch=100, max_active_batches=2)
+        def sharded(n):
+            for i in range(n):
+                yield request(f"s-{i:03d}", f"question {i}")
+
+        sharded(250)
+
+
     with DAG(dag_id="deco_bad_request", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
 
         @task.qwen_batch(poll_interval=POLL)
@@ -262,6 +272,23 @@ def test_mapped_task_submits_one_batch_per_map_index(
         assert ids == [f"{topic}-{i}" for i in range(3)]
         seen.add(summary["batch_id"])
     assert seen == set(batches)
+
+
+def test_a_large_input_runs_as_one_sharded_job(
+    dags: dict[str, Any], emu: EmulatorHandle, stored_emulator: tuple[EmulatorHandle, Path]
+) -> None:
+    dr = dags["deco_sharded"].test()
+    job = _summary(dr, "sharded")
+    batches = {b["batch"]["id"]: b["batch"] for b in emu.batches(lines=False)}
+    assert job["kind"] == "sharded"
+    assert job["status"] == "completed"
+    assert sorted(job["batch_ids"]) == sorted(batches)
+    assert [(s["shard"], s["lines"]) for s in job["shards"]] == [(1, 100), (2, 100), (3, 50)]
+    # Every request in exactly one shard, in order, as the function yielded it.
+    sent = [
+        x["custom_id"] for bid in job["batch_ids"] for x in _stored_lines(stored_emulator[1], batches[bid])
+    ]
+    assert sent == [f"s-{i:03d}" for i in range(250)]
 
 
 def test_a_bad_request_fails_the_task_naming_its_position_before_any_upload(
