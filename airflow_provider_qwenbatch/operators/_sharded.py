@@ -355,52 +355,21 @@ class ShardedJob:
             self._work = tempfile.mkdtemp(prefix="qwenbatch-job-")
         return Path(self._work)
 
-    def _download(self, file_id: str | None) -> str | None:
-        if not file_id:
-            return None
-        if file_id not in self._downloads:
-            local = self._workdir() / f"{file_id}.jsonl"
-            self.client.download_file(file_id, local)
-            self._downloads[file_id] = str(local)
-        return self._downloads[file_id]
-
     def _resubmission_plan(self, round_number: int) -> ShardPlan:
-        from airflow_provider_qwenbatch.client.merge import ResultFiles, write_resubmission
-        from airflow_provider_qwenbatch.client.shards import split_jsonl_file
+        from airflow_provider_qwenbatch.operators._resubmit import resubmission_plan
 
-        results = []
-        for r in range(round_number):
-            for n in self._numbers(r):
-                batch = self.batches[ShardLabel(r, n).value]
-                results.append(
-                    ResultFiles(
-                        n if r == 0 else None,
-                        self._download(batch.output_file_id),
-                        self._download(batch.error_file_id),
-                        attempt=r + 1,
-                    )
-                )
-        first = self._plan(0)
-        # A shard whose batch failed validation as a whole would fail again: not re-sent.
-        inputs = [
-            s.path
-            for s in first.shards
-            if self.batches[ShardLabel(0, s.number).value].status.value != "failed"
+        rounds = [
+            [self.batches[ShardLabel(r, n).value] for n in self._numbers(r)] for r in range(round_number)
         ]
-        resub = write_resubmission(results, inputs, self._workdir() / f"resubmit-{round_number}.jsonl")
-        self.log.info(
-            "Round %d: %d requests to send again (%d failed for a retryable reason, %d have no result)",
-            round_number,
-            resub.lines,
-            resub.retryable,
-            resub.missing,
-        )
-        return split_jsonl_file(
-            resub.path,
+        return resubmission_plan(
+            self.client,
+            rounds,
+            self._plan(0),
+            self._workdir(),
             self.op.endpoint,
-            folder=self._workdir() / f"round-{round_number}",
             max_lines_per_batch=self.op.max_lines_per_batch,
-            source=f"resubmission round {round_number}",
+            downloads=self._downloads,
+            logger=self.log,
         )
 
     def _plan_resubmission(self, round_number: int) -> int:

@@ -114,6 +114,19 @@ DAG_FILE = textwrap.dedent(
         sharded(250)
 
 
+    with DAG(dag_id="deco_sharded_deferred", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+
+        @task.qwen_batch(poll_interval=POLL, deferrable=True, max_lines_per_batch=100, max_active_batches=2)
+        def sharded_deferred(n):
+            # Called again at each resume (the input is re-read); it must yield the same requests.
+            with open(os.environ["QWEN_TEST_CALLS"], "a") as fh:
+                fh.write("call ")
+            for i in range(n):
+                yield request(f"sd-{i:03d}", f"question {i}")
+
+        sharded_deferred(250)
+
+
     with DAG(dag_id="deco_bad_request", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
 
         @task.qwen_batch(poll_interval=POLL)
@@ -289,6 +302,28 @@ def test_a_large_input_runs_as_one_sharded_job(
         x["custom_id"] for bid in job["batch_ids"] for x in _stored_lines(stored_emulator[1], batches[bid])
     ]
     assert sent == [f"s-{i:03d}" for i in range(250)]
+
+
+def test_a_deferred_sharded_job_rereads_the_function_at_each_resume(
+    dags: dict[str, Any],
+    emu: EmulatorHandle,
+    stored_emulator: tuple[EmulatorHandle, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("QWEN_TEST_CALLS", str(calls))
+    dr = dags["deco_sharded_deferred"].test()
+    job = _summary(dr, "sharded_deferred")
+    assert (job["kind"], job["status"]) == ("sharded", "completed")
+    batches = {b["batch"]["id"]: b["batch"] for b in emu.batches(lines=False)}
+    assert sorted(job["batch_ids"]) == sorted(batches)
+    sent = [
+        x["custom_id"] for bid in job["batch_ids"] for x in _stored_lines(stored_emulator[1], batches[bid])
+    ]
+    assert sent == [f"sd-{i:03d}" for i in range(250)]
+    # 3 shards, at most 2 unfinished: the third is created after a resume, from a second call.
+    assert calls.read_text().count("call") >= 2
 
 
 def test_a_bad_request_fails_the_task_naming_its_position_before_any_upload(
