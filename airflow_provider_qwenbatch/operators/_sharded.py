@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from airflow_provider_qwenbatch.operators.submit import SubmitBatchOperator
 
 RESUME_METHOD = "execute_sharded_complete"
+# What a deferred job needs when it resumes (ids and shard facts, no payload), in XCom.
+JOB_STATE_XCOM_KEY = "qwenbatch_job_state"
 
 
 def shard_fingerprint(shard: Shard, completion_window: str, round_number: int) -> InputFingerprint:
@@ -164,7 +166,7 @@ class ShardedJob:
             self.batches[label] = self.client.retrieve_batch(batch_id)
         if self.op.reattach:
             self.pool = earlier
-        self.op._job_batch_ids = [b.id for b in self.batches.values()]
+        self.op._job_batch_ids = [self.batches[label].id for label in self._order()]
         return self._drive(int(state["round"]))
 
     def _adopt_earlier(self, wanted: set[str]) -> None:
@@ -284,7 +286,7 @@ class ShardedJob:
     def _add(self, label: ShardLabel, batch: Batch) -> None:
         first = not self.batches
         self.batches[label.value] = batch
-        ids = [b.id for b in self.batches.values()]
+        ids = [self.batches[label].id for label in self._order()]
         self.op._job_batch_ids = ids
         ti = self.context["ti"]
         if first:
@@ -400,9 +402,11 @@ class ShardedJob:
         )
 
     def _defer(self, round_number: int, active: list[Batch], pending: bool) -> None:
-        from airflow_provider_qwenbatch.triggers.batches import BatchesStatusTrigger  # type: ignore[import-not-found, unused-ignore]
+        from airflow_provider_qwenbatch.triggers.batches import BatchesStatusTrigger
 
         self._discard()  # the worker that resumes may be another machine: nothing local survives
+        # The state goes to XCom, not the deferral's kwargs: dag.test() resumes with the event only.
+        self.context["ti"].xcom_push(key=JOB_STATE_XCOM_KEY, value=self.state(round_number))
         self.op.defer(
             trigger=BatchesStatusTrigger(
                 batch_ids=[b.id for b in active],
@@ -413,7 +417,6 @@ class ShardedJob:
                 wake_on_first_end=pending,
             ),
             method_name=RESUME_METHOD,
-            kwargs={"job": self.state(round_number)},
             timeout=self.op._defer_timeout(self.op._started),
         )
 

@@ -432,22 +432,25 @@ class SubmitBatchOperator(SingleBatchPath, SubmitAbortPaths, QwenBatchBaseOperat
         )
 
     def execute_sharded_complete(
-        self, context: Context, event: dict[str, Any] | None = None, job: dict[str, Any] | None = None
+        self, context: Context, event: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """Resume a sharded job after its trigger: create more shards, defer again, or finish.
 
         :param context: the task context.
         :param event: the trigger's event.
-        :param job: the job's state passed along when it deferred.
         """
-        from airflow_provider_qwenbatch.operators._sharded import ShardedJob
-        from airflow_provider_qwenbatch.triggers.batches import parse_batches_event  # type: ignore[import-not-found, unused-ignore]
+        from airflow_provider_qwenbatch.operators._sharded import JOB_STATE_XCOM_KEY, ShardedJob
+        from airflow_provider_qwenbatch.triggers.batches import parse_batches_event
 
         payload = parse_batches_event(event)
         if payload.status == "timeout":
             raise BatchTimeoutError(f"{self.task_id}: {payload.message}")
         if payload.status == "error":
             raise QwenBatchAirflowError(f"{self.task_id}: {payload.message}")
+        ti = context["ti"]
+        # map_indexes: without it a mapped task's pull returns every map index's state.
+        map_index = ti.map_index if ti.map_index is not None else -1
+        job = ti.xcom_pull(task_ids=ti.task_id, key=JOB_STATE_XCOM_KEY, map_indexes=map_index)
         if not isinstance(job, dict):
             raise QwenBatchAirflowError(
                 f"{self.task_id}: resumed without the job's state ({type(job).__name__})"
