@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factory
 
-from airflow_provider_qwenbatch.exceptions import BatchInputError, QwenBatchAirflowError
+from airflow_provider_qwenbatch.exceptions import BatchInputError
 from airflow_provider_qwenbatch.operators.submit import SubmitBatchOperator
 
 if TYPE_CHECKING:
@@ -177,21 +177,16 @@ class _QwenBatchDecoratedOperator(DecoratedOperator, SubmitBatchOperator):
 
     def _download_job(self, client: BatchClient, job: dict[str, Any]) -> dict[str, Any]:
         """All shards' results merged into one ``output.jsonl`` and ``errors.jsonl`` at the destination."""
-        try:
-            from airflow_provider_qwenbatch.job_results import (  # type: ignore[import-not-found, unused-ignore]
-                download_job_results,
-            )
-        except ImportError:  # the download of a job of many batches is not in this version yet
-            raise QwenBatchAirflowError(
-                f"{self.task_id}: the job completed in {len(job['batch_ids'])} batches "
-                f"({', '.join(job['batch_ids'])}), but destination= can only download a job of one "
-                "batch in this version; download them with DownloadBatchResultsOperator"
-            ) from None
+        from airflow_provider_qwenbatch.job_results import download_job_results
+
         self.log.info("Downloading the results of %d batches to %s", len(job["batch_ids"]), self.destination)
-        results: dict[str, Any] = download_job_results(
-            client, job, self.destination, destination_conn_id=self.destination_conn_id, logger=self.log
+        return download_job_results(
+            client,
+            job,
+            self.destination or "",
+            destination_conn_id=self.destination_conn_id,
+            logger=self.log,
         )
-        return results
 
 
 def _resolve_xcom_args(value: Any, context: Context) -> Any:

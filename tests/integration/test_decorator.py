@@ -17,7 +17,7 @@ import pytest
 
 from airflow_provider_qwenbatch.emulator.config import EmulatorConfig
 from airflow_provider_qwenbatch.emulator.server import EmulatorHandle, running_emulator
-from airflow_provider_qwenbatch.exceptions import BatchInputError, QwenBatchAirflowError
+from airflow_provider_qwenbatch.exceptions import BatchInputError
 from tests.integration.conftest import API_KEY, FAST, conn_json
 from tests.integration.dag_folder import load_dags
 from tests.integration.helpers import StubTI, context_for
@@ -314,24 +314,24 @@ def test_a_large_input_runs_as_one_sharded_job(
     assert sent == [f"s-{i:03d}" for i in range(250)]
 
 
-def test_destination_of_a_sharded_job_fails_clearly_until_job_results_exists(
+def test_destination_of_a_sharded_job_merges_every_shard_into_one_output(
     dags: dict[str, Any], emu: EmulatorHandle, tmp_path: Path
 ) -> None:
-    # Not done yet: the merged download of many batches comes with job_results.download_job_results.
-    import importlib.util
-
-    if importlib.util.find_spec("airflow_provider_qwenbatch.job_results") is not None:
-        pytest.skip("job_results exists: the sharded download is tested instead")
-    dag = dags["deco_sharded_destination"]
-    dr = dag.test()
-    (ti,) = dr.get_task_instances()
-    assert str(ti.state) == "failed"
-    assert {b["batch"]["status"] for b in emu.batches(lines=False)} == {"completed"}  # the job itself ran
-    with pytest.raises(
-        QwenBatchAirflowError, match=r"completed in 3 batches .* can only download a job of one"
-    ):
-        dag.get_task("sharded_destination").execute(context_for(StubTI(task_id="sharded_destination")))
-    assert not (tmp_path / "results").exists()
+    emu.set_config(line_error_rate=0.1, seed=5)
+    job = _summary(dags["deco_sharded_destination"].test(), "sharded_destination")
+    assert job["kind"] == "sharded"
+    assert len(job["batch_ids"]) == 3
+    results = job["results"]
+    # One output and one errors file for the whole job, at the destination itself.
+    assert results["output_path"] == str(tmp_path / "results" / "output.jsonl")
+    lines = [json.loads(x) for x in Path(results["output_path"]).read_text().splitlines()]
+    if results["error_path"]:
+        lines += [json.loads(x) for x in Path(results["error_path"]).read_text().splitlines()]
+    assert sorted(x["custom_id"] for x in lines) == [f"sx-{i:03d}" for i in range(250)]
+    truth = [r for bid in job["batch_ids"] for r in emu.batch_state(bid)["results"]]
+    failed = sum(1 for r in truth if r["status_code"] != 200)
+    assert failed > 0
+    assert (results["lines"], results["failed"], results["missing"]) == (250, failed, 0)
 
 
 def test_a_deferred_sharded_job_rereads_the_function_at_each_resume(
