@@ -77,3 +77,23 @@ def test_importing_the_decorator_builds_no_http_client_and_no_connection() -> No
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["at_import"] == []
     assert result["after_control"] == ["Client"]
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        (None, r"one_request\(\) must return or yield request dicts, got None$"),
+        ({"custom_id": "a", "body": {}}, r"got dict \(one request\? return a list of them, or yield each\)"),
+        ("{}", r"got str$"),
+    ],
+)
+def test_a_function_returning_no_requests_fails_clearly(returned: Any, message: str) -> None:
+    from airflow_provider_qwenbatch.decorators.qwen_batch import qwen_batch_task
+    from airflow_provider_qwenbatch.exceptions import BatchInputError
+
+    def one_request() -> Any:
+        return returned
+
+    op = qwen_batch_task()(one_request)().operator
+    with pytest.raises(BatchInputError, match=message):
+        op._input_requests({})
