@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factory
+from airflow.sdk import XComArg
+from airflow.sdk.bases.decorator import DecoratedOperator, _TaskDecorator
 
 from airflow_provider_qwenbatch.exceptions import BatchInputError
 from airflow_provider_qwenbatch.operators.submit import SubmitBatchOperator
@@ -228,9 +229,37 @@ def qwen_batch_task(
     :param kwargs: :class:`SubmitBatchOperator` arguments (``endpoint``, ``conn_id``,
         ``deferrable``, ``timeout``...), ``destination``/``destination_conn_id``, and BaseOperator's.
     """
-    return task_decorator_factory(
-        python_callable=python_callable,
-        multiple_outputs=bool(multiple_outputs),
-        decorated_operator_class=_QwenBatchDecoratedOperator,
-        **kwargs,
-    )
+
+    def decorate(function: Callable[..., Any]) -> TaskDecorator:
+        if not callable(function):
+            raise TypeError(
+                "No positional arguments allowed while using @task.qwen_batch, use named arguments"
+            )
+        return cast(
+            "TaskDecorator",
+            _QwenBatchTaskDecorator(
+                function=function,
+                multiple_outputs=bool(multiple_outputs),
+                operator_class=_QwenBatchDecoratedOperator,
+                kwargs=kwargs,
+            ),
+        )
+
+    if python_callable is not None:
+        return decorate(python_callable)
+    return cast("TaskDecorator", decorate)
+
+
+class _QwenBatchTaskDecorator(_TaskDecorator):  # type: ignore[type-arg]
+    """TaskFlow's decorator object, plus the dependencies of XComArgs given to ``.partial()``.
+
+    A mapped task links the XComArgs of its template fields only (``MappedOperator``), and this
+    operator's ``op_kwargs`` is not one (prompts are never rendered): without this, a
+    ``.partial(x=upstream())`` task would not wait for ``upstream``.
+    """
+
+    def _expand(self, expand_input: Any, *, strict: bool) -> XComArg:
+        arg = super()._expand(expand_input, strict=strict)
+        for operator, _ in arg.iter_references():  # the one mapped operator just made
+            XComArg.apply_upstream_relationship(operator, self.kwargs.get("op_kwargs") or {})
+        return arg

@@ -97,3 +97,28 @@ def test_a_function_returning_no_requests_fails_clearly(returned: Any, message: 
     op = qwen_batch_task()(one_request)().operator
     with pytest.raises(BatchInputError, match=message):
         op._input_requests({})
+
+
+def test_an_xcomarg_given_to_partial_makes_the_mapped_task_wait_for_its_upstream() -> None:
+    """As with a plain ``@task``: ``.partial(x=upstream())`` puts ``upstream`` before every map index."""
+    from datetime import datetime
+
+    from airflow.sdk import DAG, task
+
+    from airflow_provider_qwenbatch.decorators.qwen_batch import qwen_batch_task
+
+    with DAG("partial_deps", schedule=None, start_date=datetime(2026, 1, 1)):
+
+        @task
+        def prompts() -> str:
+            return "p"
+
+        @qwen_batch_task(endpoint="/v1/chat/completions")
+        def label(prefix: str, n: int) -> list[dict[str, Any]]:
+            return [{"custom_id": f"{prefix}{n}", "body": {"model": "qwen-flash", "messages": []}}]
+
+        up = prompts()
+        mapped = label.partial(prefix=up).expand(n=[1, 2])
+        called = label(prefix=up, n=3)
+    assert mapped.operator.upstream_task_ids == {up.operator.task_id}
+    assert called.operator.upstream_task_ids == {up.operator.task_id}
