@@ -90,6 +90,24 @@ def prepare_path(uri: str, endpoint: str, conn_id: str | None = None) -> Prepare
     if not is_remote(uri):
         local = Path(urlparse(uri).path if uri.startswith("file://") else uri).expanduser()
         return PreparedInput(local, validate_jsonl_file(local, endpoint), temporary=False)
+    local = copy_remote(uri, conn_id)
+    try:
+        # Errors name the user's URI, not the temporary copy.
+        summary = validate_jsonl_file(local, endpoint, source=uri)
+    except BaseException:
+        shutil.rmtree(local.parent, ignore_errors=True)
+        raise
+    return PreparedInput(local, summary, temporary=True)
+
+
+def copy_remote(uri: str, conn_id: str | None = None) -> Path:
+    """Stream an object-storage file to a new private temporary folder; return the local copy.
+
+    The caller removes the folder (``path.parent``) when done.
+
+    :param uri: an ObjectStoragePath URI.
+    :param conn_id: Airflow Connection of the object store, if it needs one.
+    """
     from airflow.sdk import ObjectStoragePath
 
     remote = ObjectStoragePath(uri, conn_id=conn_id) if conn_id else ObjectStoragePath(uri)
@@ -98,12 +116,10 @@ def prepare_path(uri: str, endpoint: str, conn_id: str | None = None) -> Prepare
     try:
         with remote.open("rb") as src, local.open("wb") as dst:  # type: ignore[no-untyped-call]
             shutil.copyfileobj(src, dst, _COPY_CHUNK)
-        # Errors name the user's URI, not the temporary copy.
-        summary = validate_jsonl_file(local, endpoint, source=uri)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return PreparedInput(local, summary, temporary=True)
+    return local
 
 
 def store_file(local: Path, destination: str, conn_id: str | None = None) -> str:

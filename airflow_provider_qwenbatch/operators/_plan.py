@@ -9,7 +9,6 @@ against an estimate of the input's prompt tokens.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -135,14 +134,10 @@ def plan_path(
             local, endpoint, max_lines_per_batch=max_lines_per_batch, strict_cost=strict_cost, logger=logger
         )
     else:
-        from airflow.sdk import ObjectStoragePath
+        from airflow_provider_qwenbatch.inputs import copy_remote
 
-        remote = ObjectStoragePath(uri, conn_id=conn_id) if conn_id else ObjectStoragePath(uri)
-        folder = Path(tempfile.mkdtemp(prefix="qwenbatch-"))
-        copy = folder / (remote.name or "requests.jsonl")
+        copy = copy_remote(uri, conn_id)
         try:
-            with remote.open("rb") as src, copy.open("wb") as dst:  # type: ignore[no-untyped-call]
-                shutil.copyfileobj(src, dst, _COPY_CHUNK)
             # Errors name the user's URI, not the temporary copy.
             plan = split_jsonl_file(
                 copy,
@@ -153,7 +148,7 @@ def plan_path(
                 logger=logger,
             )
         finally:
-            shutil.rmtree(folder, ignore_errors=True)  # the shards are the copy now
+            shutil.rmtree(copy.parent, ignore_errors=True)  # the shards are the copy now
     _log_plan(plan, "line", logger)
     return plan
 

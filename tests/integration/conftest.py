@@ -37,9 +37,33 @@ def emulator(emulator_session: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) 
     """A clean emulator for each test, and the default Connection pointing at it."""
     emulator_session.reset()
     emulator_session.clear_faults()
-    emulator_session.set_config(line_error_rate=0.0, line_soft_error_rate=0.0, time_scale=1.0, **FAST)
+    emulator_session.set_config(
+        line_error_rate=0.0, line_soft_error_rate=0.0, transient_line_errors=False, time_scale=1.0, **FAST
+    )
     monkeypatch.setenv("AIRFLOW_CONN_QWEN_BATCH_DEFAULT", conn_json(emulator_session))
     return emulator_session
+
+
+@pytest.fixture(scope="session")
+def stored_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmulatorHandle, Path]]:
+    """An emulator whose uploaded files can be read back from its ``state_dir`` (input files cannot be downloaded)."""
+    state = tmp_path_factory.mktemp("emulator-state")
+    config = EmulatorConfig(port=0, api_key=API_KEY, state_dir=str(state), **FAST)  # type: ignore[arg-type]
+    with running_emulator(config) as handle:
+        yield handle, state / "files"
+
+
+@pytest.fixture
+def emu(stored_emulator: tuple[EmulatorHandle, Path], monkeypatch: pytest.MonkeyPatch) -> EmulatorHandle:
+    """The stored-files emulator, clean for each test, and the default Connection pointing at it."""
+    handle, _ = stored_emulator
+    handle.reset()
+    handle.clear_faults()
+    handle.set_config(
+        line_error_rate=0.0, line_soft_error_rate=0.0, transient_line_errors=False, time_scale=1.0, **FAST
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_QWEN_BATCH_DEFAULT", conn_json(handle))
+    return handle
 
 
 def conn_json(handle: EmulatorHandle, **extra: Any) -> str:

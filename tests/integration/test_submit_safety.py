@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,32 +16,12 @@ from typing import Any
 import pytest
 
 from airflow_provider_qwenbatch.client.sync import BatchClient
-from airflow_provider_qwenbatch.emulator.config import EmulatorConfig
-from airflow_provider_qwenbatch.emulator.server import EmulatorHandle, running_emulator
+from airflow_provider_qwenbatch.emulator.server import EmulatorHandle
 from airflow_provider_qwenbatch.operators.batch import SubmitBatchOperator
-from tests.integration.conftest import API_KEY, FAST, conn_json
+from tests.integration.conftest import API_KEY
 from tests.integration.helpers import StubTI, chat_requests, context_for, status_of, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def stored_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmulatorHandle, Path]]:
-    """An emulator whose uploaded files can be read back from its ``state_dir`` (input files cannot be downloaded)."""
-    state = tmp_path_factory.mktemp("emulator-state")
-    config = EmulatorConfig(port=0, api_key=API_KEY, state_dir=str(state), **FAST)  # type: ignore[arg-type]
-    with running_emulator(config) as handle:
-        yield handle, state / "files"
-
-
-@pytest.fixture
-def emu(stored_emulator: tuple[EmulatorHandle, Path], monkeypatch: pytest.MonkeyPatch) -> EmulatorHandle:
-    handle, _ = stored_emulator
-    handle.reset()
-    handle.clear_faults()
-    handle.set_config(line_error_rate=0.0, line_soft_error_rate=0.0, time_scale=1.0, **FAST)
-    monkeypatch.setenv("AIRFLOW_CONN_QWEN_BATCH_DEFAULT", conn_json(handle))
-    return handle
 
 
 @pytest.fixture
