@@ -191,7 +191,7 @@ def test_sharded_worker_sigkill_retry_creates_only_missing_shards(
         pid = int(
             poll(
                 "the task's PID file",
-                lambda: pid_file.exists() and pid_file.read_text().strip() or None,
+                lambda: (pid_file.exists() and pid_file.read_text().strip()) or None,
                 30.0,
             )
         )
