@@ -234,7 +234,10 @@ def test_sharded_worker_sigkill_retry_creates_only_missing_shards(
     assert all(system.emu.status(b) == "completed" for b in ids)
     assert all(system.emu.cancel_requests(b) == [] for b in ids)
     _assert_shards_completed(_summary(system, dag_id, run_id), ids)
-    log = system.stack.task_log_text(dag_id, run_id, "submit")
+
+    def log() -> str:
+        return system.stack.task_log_text(dag_id, run_id, "submit")
+
     for batch in before_kill:
         poll(
             f"try 2 re-attaching to {batch['id']} in the task log",
@@ -243,7 +246,7 @@ def test_sharded_worker_sigkill_retry_creates_only_missing_shards(
             ),  # type: ignore[misc]
             30.0,
             0.5,
-            on_timeout=lambda: log[-3000:],
+            on_timeout=lambda: log()[-3000:],
         )
     record["note"] = (
         f"{len(before_kill)} shards at the kill; try 2 created {len(by_try2)}; "
