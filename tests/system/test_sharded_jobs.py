@@ -241,9 +241,7 @@ def test_sharded_worker_sigkill_retry_creates_only_missing_shards(
     for batch in before_kill:
         poll(
             f"try 2 re-attaching to {batch['id']} in the task log",
-            lambda b=batch["id"]: (
-                f"re-attaches to batch {b}" in system.stack.task_log_text(dag_id, run_id, "submit")
-            ),  # type: ignore[misc]
+            lambda b=batch["id"]: f"re-attaches to batch {b}" in log(),  # type: ignore[misc]
             30.0,
             0.5,
             on_timeout=lambda: log()[-3000:],
