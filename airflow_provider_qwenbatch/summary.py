@@ -87,3 +87,64 @@ def describe_timeout(batch: Batch, timeout: float | None, outcome: CancelOutcome
         f"batch {batch.id} still {batch.status.value} {after}; cancel: {outcome.action.value} "
         f"(x-request-id={outcome.request_id or 'none'})"
     )
+
+
+def describe_job_progress(batches: list[Batch], shards: int, total_lines: int | None = None) -> str:
+    """One progress line for the batches of a sharded job: shards done, lines done / total (pct), failed.
+
+    :param batches: the job's batches as last read (those not created yet are simply absent).
+    :param shards: how many batches the job has in all (created or not).
+    :param total_lines: the input's requests (default: the sum of the batches' own totals).
+    """
+    done = sum(1 for b in batches if b.status.is_terminal)
+    lines_done = sum(b.counts.done for b in batches)
+    failed = sum(b.counts.failed for b in batches)
+    total = total_lines if total_lines is not None else sum(b.counts.total for b in batches)
+    pct = (100.0 * lines_done / total) if total else 0.0
+    return (
+        f"{done}/{shards} shard batches done; lines {lines_done}/{total} ({pct:.1f}%), failed so far {failed}"
+    )
+
+
+def job_summary(
+    entries: list[tuple[dict[str, Any], Batch]],
+    *,
+    rounds: int,
+    input_info: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """Summarise a sharded job (many batches of one task) as plain JSON for XCom.
+
+    The shape is what ``DownloadBatchResultsOperator(job=...)`` reads: ``kind`` ``sharded``,
+    ``status`` (``running`` while a batch is unfinished, as with ``wait_for_completion=False``;
+    ``completed`` when no batch ended ``failed`` and every batch of the last round completed;
+    else ``failed``), ``batch_ids``, ``shards`` (one entry per batch: ``shard``, ``round``, ``lines``,
+    ``first_line``, ``last_line`` and the batch's own :func:`batch_summary`), ``rounds``,
+    ``request_counts`` (round 0's, summed) and ``input``.
+
+    :param entries: (shard facts, batch) per batch, round 0 first, then each resubmission round.
+    :param rounds: 1 + resubmission rounds run.
+    :param input_info: ``lines``, ``bytes``, ``model``, ``endpoint`` of the input.
+    :param extra: more small JSON values (``console_url``).
+    """
+    last_round = max((facts["round"] for facts, _ in entries), default=0)
+    ok = all(b.status.value != "failed" for _, b in entries) and all(
+        b.status.is_success for facts, b in entries if facts["round"] == last_round
+    )
+    first = [b for facts, b in entries if facts["round"] == 0]
+    running = any(not b.status.is_terminal for _, b in entries)
+    summary: dict[str, Any] = {
+        "kind": "sharded",
+        "status": "running" if running else "completed" if ok else "failed",
+        "batch_ids": [b.id for _, b in entries],
+        "shards": [{**facts, **batch_summary(b)} for facts, b in entries],
+        "rounds": rounds,
+        "request_counts": {
+            "total": sum(b.counts.total for b in first),
+            "completed": sum(b.counts.completed for b in first),
+            "failed": sum(b.counts.failed for b in first),
+        },
+        "input": input_info,
+    }
+    summary.update(extra)
+    return summary

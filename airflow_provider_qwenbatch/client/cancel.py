@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
@@ -219,3 +220,41 @@ async def acancel_quietly(
     except Exception as exc:
         outcome = CancelOutcome(batch_id, CancelAction.FAILED, None, None, repr(exc))
     return log_outcome(logger, outcome)
+
+
+def cancel_many(
+    client: BatchClient,
+    batch_ids: Sequence[str],
+    *,
+    budget: float = DEFAULT_KILL_BUDGET,
+    logger: LoggerLike | None = None,
+    retries: int = 0,
+) -> list[CancelOutcome]:
+    """Cancel quietly many batches at once (the shards of one task), each within ``budget``, never raising.
+
+    The cancels go out concurrently (one thread each, up to 32 at a time, sharing the client's
+    connection pool): on a kill path 40 shards cancelled one after another would not all fit
+    in the seconds before SIGKILL.
+
+    :param client: a sync client (thread-safe: httpx's client is).
+    :param batch_ids: the batches.
+    :param budget: seconds each cancel may take; the whole call takes about as long when at
+        most 32 are given.
+    :param logger: where to log each outcome.
+    :param retries: see :func:`cancel_quietly`.
+    """
+    if not batch_ids:
+        return []
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(
+        max_workers=min(32, len(batch_ids)), thread_name_prefix="qwenbatch-cancel"
+    ) as pool:
+        return list(
+            pool.map(
+                lambda batch_id: cancel_quietly(
+                    client, batch_id, budget=budget, logger=logger, retries=retries
+                ),
+                batch_ids,
+            )
+        )

@@ -35,7 +35,7 @@ _LEGACY_TASK_LEN = 8
 FINGERPRINT_LEN = 16
 _TAG_RE = re.compile(
     rf"af-[0-9a-f]{{{_RUN_LEN}}}-(?:[0-9a-f]{{{_TASK_LEN}}}|[0-9a-f]{{{_LEGACY_TASK_LEN}}})"
-    rf"(?:-(?P<fp>[0-9a-f]{{{FINGERPRINT_LEN}}}))?(?![0-9a-f])"
+    rf"(?:-(?P<fp>[0-9a-f]{{{FINGERPRINT_LEN}}}))?(?![0-9a-f])(?:/(?P<label>r\d+s\d+))?"
 )
 _FINGERPRINT_VERSION = "qwenbatch-input-v1"
 
@@ -73,7 +73,13 @@ class InputFingerprint:
 
     @classmethod
     def of_content(
-        cls, content_sha256: str, *, endpoint: str, completion_window: str, model: str | None
+        cls,
+        content_sha256: str,
+        *,
+        endpoint: str,
+        completion_window: str,
+        model: str | None,
+        round_number: int = 0,
     ) -> InputFingerprint:
         """The fingerprint of a validated input file.
 
@@ -81,8 +87,12 @@ class InputFingerprint:
         :param endpoint: the batch endpoint.
         :param completion_window: e.g. ``24h`` (``1d`` gives the same fingerprint).
         :param model: the one model of the file.
+        :param round_number: 0 for the input itself, ``r`` for its r-th resubmission round: a
+            round that re-sends the same failed lines as the round before is a new batch, not
+            the earlier round's batch to re-attach to.
         """
-        return cls._of("content", content_sha256, endpoint, completion_window, model or "")
+        source = content_sha256 if not round_number else f"{content_sha256}/round-{round_number}"
+        return cls._of("content", source, endpoint, completion_window, model or "")
 
     @classmethod
     def of_file_id(cls, file_id: str, *, endpoint: str, completion_window: str) -> InputFingerprint:
@@ -127,13 +137,22 @@ class BatchTag:
             self.task_id, str(self.map_index), length=_TASK_LEN
         )
 
-    def ds_name(self, user_name: str | None = None, *, fingerprint: InputFingerprint | None = None) -> str:
+    def ds_name(
+        self,
+        user_name: str | None = None,
+        *,
+        fingerprint: InputFingerprint | None = None,
+        shard: ShardLabel | None = None,
+    ) -> str:
         """The ``ds_name`` to send: the user's own name (shortened if needed), then the tag and input part.
 
         :param user_name: the ``ds_name`` the user asked for, if any.
         :param fingerprint: what the batch is created from.
+        :param shard: which shard of a split input (and which resubmission round) the batch runs.
         """
         tag = self.value + (f"-{fingerprint.value}" if fingerprint is not None else "")
+        if shard is not None and fingerprint is not None:
+            tag += f"/{shard.value}"
         if not user_name:
             return tag
         room = DS_NAME_MAX - len(tag) - 1
@@ -154,9 +173,48 @@ class BatchTag:
         """
         for match in _TAG_RE.finditer(ds_name or ""):
             fp = match.group("fp")
-            if fp and match.group(0)[: -len(fp) - 1] == self.value:
+            if fp and match.group(0)[: match.start("fp") - match.start() - 1] == self.value:
                 return InputFingerprint(fp)
         return None
+
+    def shard_in(self, ds_name: str | None) -> ShardLabel | None:
+        """The shard label recorded beside this tag in ``ds_name`` (``None``: a batch of a whole input).
+
+        :param ds_name: the batch's ``metadata.ds_name``.
+        """
+        for match in _TAG_RE.finditer(ds_name or ""):
+            fp, label = match.group("fp"), match.group("label")
+            if fp and label and match.group(0)[: match.start("fp") - match.start() - 1] == self.value:
+                return ShardLabel.parse(label)
+        return None
+
+
+@dataclass(frozen=True)
+class ShardLabel:
+    """Which part of a split input a batch runs: ``r<round>s<shard>`` after the input part of the tag.
+
+    :param round_number: 0 for the input itself, ``r`` for its r-th resubmission of failed lines.
+    :param shard: the 1-based shard number within that round's input.
+    """
+
+    round_number: int
+    shard: int
+
+    @property
+    def value(self) -> str:
+        """E.g. ``r0s3``."""
+        return f"r{self.round_number}s{self.shard}"
+
+    @classmethod
+    def parse(cls, value: str) -> ShardLabel:
+        """Read ``r<round>s<shard>``.
+
+        :param value: the label.
+        """
+        match = re.fullmatch(r"r(\d+)s(\d+)", value)
+        if match is None:
+            raise ValueError(f"not a shard label: {value!r}")
+        return cls(int(match.group(1)), int(match.group(2)))
 
 
 def find_tags(ds_name: str) -> list[str]:

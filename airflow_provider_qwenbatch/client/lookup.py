@@ -53,7 +53,7 @@ def find_batch_for_task(
         same_input = fingerprint is not None and tag.fingerprint_in(ds_name) == fingerprint
         status = batch.status
         running = status.is_in_flight and status is not BatchStatus.CANCELLING
-        if newest and same_input and (running or status.is_success):
+        if newest and same_input and reattachable(batch):
             reattach = batch
         elif running:
             to_cancel.append(batch)
@@ -79,3 +79,35 @@ def find_run_batches(
         if isinstance(ds_name, str) and any(t.startswith(prefix) for t in find_tags(ds_name)):
             found.append(batch)
     return found
+
+
+def find_task_batches(client: BatchClient, tag: BatchTag) -> dict[str, Batch]:
+    """The newest batch of this task instance for each input fingerprint (the shards of a split input).
+
+    Newest first from the list, so for each fingerprint the first batch seen is the one a
+    retry may re-attach to (when it is running or completed); older ones of the same
+    fingerprint are left out. Batches without a fingerprint (previous tag format) are not found.
+
+    :param client: a sync client.
+    :param tag: the task instance's tag.
+    :returns: fingerprint value -> batch.
+    """
+    found: dict[str, Batch] = {}
+    for batch in client.iter_batches(ds_name=tag.value):  # newest first
+        ds_name = (batch.metadata or {}).get("ds_name")
+        ds_name = ds_name if isinstance(ds_name, str) else None
+        if not tag.matches(ds_name):
+            continue  # the server's filter is a substring match; check the exact tag
+        fingerprint = tag.fingerprint_in(ds_name)
+        if fingerprint is not None:
+            found.setdefault(fingerprint.value, batch)
+    return found
+
+
+def reattachable(batch: Batch) -> bool:
+    """Whether a batch of an earlier try may be re-attached to: running (not being cancelled) or completed.
+
+    :param batch: the batch as just read.
+    """
+    status = batch.status
+    return (status.is_in_flight and status is not BatchStatus.CANCELLING) or status.is_success

@@ -43,15 +43,19 @@ def _fraction(digest: bytes) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def line_outcome(seed: int, custom_id: str, error_rate: float, soft_error_rate: float) -> Outcome:
-    """Decide how one line ends, from the seed and its ``custom_id`` only.
+def line_outcome(
+    seed: int, custom_id: str, error_rate: float, soft_error_rate: float, batch_id: str | None = None
+) -> Outcome:
+    """Decide how one line ends, from the seed and its ``custom_id`` (and the batch, when given).
 
     :param seed: the emulator's seed.
     :param custom_id: the line's ``custom_id``.
     :param error_rate: fraction that fails into the error file.
     :param soft_error_rate: fraction answered non-200 inside the output file.
+    :param batch_id: the batch the line is in (``transient_line_errors``): sent again in
+        another batch, a request draws its outcome again.
     """
-    r = _fraction(_digest(str(seed), "outcome", custom_id))
+    r = _fraction(_digest(str(seed), "outcome", custom_id, *((batch_id,) if batch_id else ())))
     if r < error_rate:
         return "error"
     if r < error_rate + soft_error_rate:

@@ -247,6 +247,11 @@ def build_api(state: EmulatorState) -> FastAPI:
             test_model_max_concurrent=state.config.test_model_max_concurrent,
         )
         _note(request, batch_id=rec.id, file_id=input_file_id)
+        entry = request.scope.get("qwenbatch_emulator")
+        if isinstance(entry, dict):
+            # Unfinished batches right after this one was created (it included): a test reads from
+            # it that a job kept to its max_active_batches.
+            entry["unfinished"] = len(state.book.active)
         return JSONResponse(rec.public())
 
     @api.get("/batches")

@@ -94,6 +94,9 @@ class EmulatorConfig(BaseModel):
     :param line_error_rate: fraction of lines that fail into the error file (counted failed).
     :param line_soft_error_rate: fraction of lines answered with a non-200 status INSIDE the
         output file while ``request_counts.failed`` stays 0, as the real service does.
+    :param transient_line_errors: a line's outcome also depends on the batch it is in, so a
+        request that failed with a server error may succeed when sent again in another batch
+        (as a transient error does); off: the same ``custom_id`` always ends the same way.
     :param seed: seeds the fault RNG and the per-line outcomes and answers.
     :param state_dir: where files and ``state.json`` live; kept across restarts. A temporary
         directory (removed on exit) when unset.
@@ -133,6 +136,7 @@ class EmulatorConfig(BaseModel):
     cancel_delay: float = Field(2.0, ge=0.0)
     line_error_rate: float = Field(0.0, ge=0.0, le=1.0)
     line_soft_error_rate: float = Field(0.0, ge=0.0, le=1.0)
+    transient_line_errors: bool = False
     seed: int = 0
     state_dir: str | None = None
     tick_interval: float = Field(0.05, gt=0.0)
@@ -178,6 +182,7 @@ RUNTIME_FIELDS: frozenset[str] = frozenset(
         "cancel_delay",
         "line_error_rate",
         "line_soft_error_rate",
+        "transient_line_errors",
         "seed",
         "tick_interval",
         "max_lines_per_tick",

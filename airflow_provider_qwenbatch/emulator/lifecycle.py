@@ -203,7 +203,13 @@ class Lifecycle:
                 raw = fh.readline()
                 request = json.loads(raw)
                 cid = rec.custom_ids[index]
-                outcome = line_outcome(c.seed, cid, c.line_error_rate, c.line_soft_error_rate)
+                outcome = line_outcome(
+                    c.seed,
+                    cid,
+                    c.line_error_rate,
+                    c.line_soft_error_rate,
+                    rec.id if c.transient_line_errors else None,
+                )
                 line = answer_line(
                     custom_id=cid,
                     body=request.get("body") or {},

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from airflow_provider_qwenbatch.client.endpoints import check_endpoint
-from airflow_provider_qwenbatch.client.identity import BatchTag, InputFingerprint
+from airflow_provider_qwenbatch.client.identity import BatchTag, InputFingerprint, ShardLabel
 from airflow_provider_qwenbatch.client.window import parse_completion_window
 from airflow_provider_qwenbatch.exceptions import (
     BatchFailedError,
@@ -21,21 +22,24 @@ from airflow_provider_qwenbatch.exceptions import (
 )
 from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
 from airflow_provider_qwenbatch.links import CONSOLE_URL_XCOM_KEY, QwenBatchConsoleLink
+from airflow_provider_qwenbatch.operators._abort import SubmitAbortPaths
 from airflow_provider_qwenbatch.operators._base import (
     BATCH_ID_XCOM_KEY,
-    TRIGGER_FAIL_REPR,
-    TRIGGER_TIMEOUT,
+    DEFAULT_MAX_ACTIVE_BATCHES,
+    MAX_UNFINISHED_BATCHES,
     QwenBatchBaseOperator,
+    check_counts,
     default_deferrable,
     seconds,
+    tag_of,
 )
 from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, describe_end, describe_timeout
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_qwenbatch.client.cancel import CancelOutcome
     from airflow_provider_qwenbatch.client.models import Batch, BatchCreateRequest
+    from airflow_provider_qwenbatch.client.shards import ShardPlan
     from airflow_provider_qwenbatch.client.sync import BatchClient
     from airflow_provider_qwenbatch.inputs import PreparedInput
     from airflow_provider_qwenbatch.lineage import Lineage
@@ -44,13 +48,21 @@ if TYPE_CHECKING:
 # a DAG file that imports these operators is parsed often, and should not pay for them.
 
 
-class SubmitBatchOperator(QwenBatchBaseOperator):
+class SubmitBatchOperator(SubmitAbortPaths, QwenBatchBaseOperator):
     """Submit a batch job to Qwen Cloud and (by default) wait for it, without a second paid batch on retry.
 
-    Input is exactly one of ``requests`` (a list of request dicts, or the XComArg of a task
-    returning one), ``input_path`` (a JSONL path or ObjectStoragePath URI) or ``input_file_id``
-    (already uploaded, or an OSS URL). Files are validated in full before anything is uploaded.
-    ``requests`` is not templated: prompts reach the server byte for byte, ``{{ ... }}`` included.
+    Input is exactly one of ``requests`` (request dicts: a list, a generator, or the XComArg of a
+    task returning a list), ``input_path`` (a JSONL path or ObjectStoragePath URI, of any size) or
+    ``input_file_id`` (already uploaded, or an OSS URL). Input is validated in full before anything
+    is uploaded, and split in the same streaming pass into shards that each fit one batch (50,000
+    lines, 500 MB; the test model's 100 lines / 1 MB; ``max_lines_per_batch``). ``requests`` is not
+    templated: prompts reach the server byte for byte, ``{{ ... }}`` included.
+
+    An input of one shard runs as one batch (return value: that batch's summary). More shards run
+    as one job of many batches (see :mod:`._sharded`): at most ``max_active_batches`` unfinished at
+    once, every kill path cancelling every unfinished shard, a retry re-attaching shard by shard;
+    the return value is the job summary (``kind: sharded``, ``batch_ids``, ``shards``) that
+    ``DownloadBatchResultsOperator(job=...)`` merges into one result.
 
     The batch is tagged in ``metadata.ds_name`` with a hash of dag, run, task and map index and
     a fingerprint of its input (content hash, endpoint, completion window, model; or the given
@@ -75,6 +87,15 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
     :param cancel_on_kill: cancel the batch when the task is killed (default True).
     :param reattach: on a retry or clear, re-attach to the batch of an earlier try of the same input (default True).
     :param delete_input_file: delete the uploaded input file once the batch ends (quota: 10,000 files).
+    :param max_lines_per_batch: at most this many requests per batch (1..50,000): smaller shards finish sooner.
+    :param max_active_batches: at most this many of the task's batches unfinished at once (the account
+        allows 1,000 unfinished batches in all); more are created as earlier ones end.
+    :param resubmit_failed: rounds of sending again the requests that failed for a retryable reason
+        (server error, timeout, left unprocessed by an expired or cancelled batch); never content
+        or validation errors. 0 (default): none.
+    :param max_input_tokens: refuse the input before upload when its estimated prompt tokens exceed this.
+    :param strict_cost: refuse (instead of warning about) requests that bill more than they seem to:
+        a qwen3.5/3.6/3.7 model without ``enable_thinking``, or the deprecated ``max_tokens``.
     """
 
     # Not "requests": every string in it would go through Jinja (prompts changed, secrets pulled in).
@@ -107,6 +128,11 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
         cancel_on_kill: bool = True,
         reattach: bool = True,
         delete_input_file: bool = False,
+        max_lines_per_batch: int | None = None,
+        max_active_batches: int = DEFAULT_MAX_ACTIVE_BATCHES,
+        resubmit_failed: int = 0,
+        max_input_tokens: int | None = None,
+        strict_cost: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(conn_id=conn_id, **kwargs)
@@ -121,6 +147,29 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
             )
         if poll_interval <= 0:
             raise ValueError(f"{self.task_id}: poll_interval must be positive, got {poll_interval}")
+        if max_lines_per_batch is not None:
+            from airflow_provider_qwenbatch.client.jsonl import MAX_LINES
+        check_counts(
+            self.task_id,
+            max_lines_per_batch=(
+                max_lines_per_batch,
+                1,
+                MAX_LINES if max_lines_per_batch is not None else None,
+            ),
+            max_active_batches=(max_active_batches, 1, MAX_UNFINISHED_BATCHES),
+            resubmit_failed=(resubmit_failed, 0, None),
+            max_input_tokens=(max_input_tokens, 1, None),
+        )
+        if resubmit_failed and not wait_for_completion:
+            raise ValueError(
+                f"{self.task_id}: resubmit_failed needs wait_for_completion=True: the failed requests are "
+                "only known once the batches have ended"
+            )
+        if input_file_id is not None and (max_lines_per_batch or resubmit_failed or max_input_tokens):
+            raise ValueError(
+                f"{self.task_id}: max_lines_per_batch, resubmit_failed and max_input_tokens need the input "
+                "itself (requests or input_path); an input_file_id is not read"
+            )
         self.endpoint = endpoint
         self.requests = requests
         self.input_path = input_path
@@ -135,7 +184,14 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
         self.cancel_on_kill = cancel_on_kill
         self.reattach = reattach
         self.delete_input_file = delete_input_file
+        self.max_lines_per_batch = max_lines_per_batch
+        self.max_active_batches = max_active_batches
+        self.resubmit_failed = resubmit_failed
+        self.max_input_tokens = max_input_tokens
+        self.strict_cost = strict_cost
         self.batch_id: str | None = None
+        self._job_batch_ids: list[str] = []
+        self._started = time.monotonic()
         self._done: Batch | None = None
         self._killed = False
         if "{{" not in completion_window:
@@ -168,7 +224,12 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
             raise BatchInputError(f"{self.task_id}: {exc}") from None
 
     def _create_request(
-        self, tag: BatchTag, input_file_id: str, fingerprint: InputFingerprint | None = None
+        self,
+        tag: BatchTag,
+        input_file_id: str,
+        fingerprint: InputFingerprint | None = None,
+        *,
+        shard: ShardLabel | None = None,
     ) -> BatchCreateRequest:
         from airflow_provider_qwenbatch.client.models import BatchCreateRequest
 
@@ -184,7 +245,7 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
                 f"{self.task_id}: invalid batch parameters: metadata.ds_name must be a string, "
                 f"got {type(user_name).__name__}"
             )
-        metadata["ds_name"] = tag.ds_name(user_name, fingerprint=fingerprint)
+        metadata["ds_name"] = tag.ds_name(user_name, fingerprint=fingerprint, shard=shard)
         try:
             return BatchCreateRequest(
                 input_file_id=input_file_id,
@@ -199,30 +260,62 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
             )
             raise BatchInputError(f"{self.task_id}: invalid batch parameters: {problems}") from None
 
-    def _resolved_requests(self, context: Context) -> Sequence[Mapping[str, Any]] | None:
+    def _input_requests(self, context: Context) -> Iterable[Mapping[str, Any]] | None:
+        """The request dicts to submit (``None`` when the input is a path or file id).
+
+        Subclasses (the ``@task.qwen_batch`` decorator) give theirs here. It is called again when
+        a deferred sharded job resumes and must give the same requests.
+
+        :param context: the task context.
+        """
         from airflow.sdk import XComArg
 
         requests: Any = self.requests
         if isinstance(requests, XComArg):
             requests = requests.resolve(context)
         if requests is not None and (
-            isinstance(requests, (str, bytes)) or not isinstance(requests, Sequence)
+            isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Iterable)
         ):
             raise BatchInputError(
-                f"{self.task_id}: requests must be a list of request dicts (or the XComArg of a task "
-                f"returning one), got {type(requests).__name__}; requests is not templated"
+                f"{self.task_id}: requests must be request dicts (a list, a generator, or the XComArg of "
+                f"a task returning a list), got {type(requests).__name__}; requests is not templated"
             )
         return requests
 
-    def _prepare_input(self, requests: Sequence[Mapping[str, Any]] | None) -> PreparedInput | None:
-        from airflow_provider_qwenbatch.inputs import prepare_path, prepare_requests
+    def _plan_input(self, context: Context) -> ShardPlan | None:
+        """Validate and split the input (``None`` for an ``input_file_id``), checked before any upload.
 
+        :param context: the task context.
+        """
+        from airflow_provider_qwenbatch.operators._plan import check_token_cap, plan_path, plan_requests
+
+        requests = self._input_requests(context)
         with as_airflow_errors():
             if requests is not None:
-                return prepare_requests(requests, self.endpoint)
-            if self.input_path is not None:
-                return prepare_path(self.input_path, self.endpoint, self.input_conn_id)
-        return None
+                plan = plan_requests(
+                    requests,
+                    self.endpoint,
+                    max_lines_per_batch=self.max_lines_per_batch,
+                    strict_cost=self.strict_cost,
+                    logger=self.log,
+                )
+            elif self.input_path is not None:
+                plan = plan_path(
+                    self.input_path,
+                    self.endpoint,
+                    self.input_conn_id,
+                    max_lines_per_batch=self.max_lines_per_batch,
+                    strict_cost=self.strict_cost,
+                    logger=self.log,
+                )
+            else:
+                return None
+            try:
+                check_token_cap(plan, self.max_input_tokens, self.log)
+            except BaseException:
+                plan.cleanup()
+                raise
+        return plan
 
     def _fingerprint(self, prepared: PreparedInput | None) -> InputFingerprint:
         if prepared is not None:
@@ -237,16 +330,30 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         """Validate, upload, create (or re-attach), then wait as configured."""
         from airflow_provider_qwenbatch.client.cancel import DEFAULT_KILL_BUDGET, cancel_quietly
+        from airflow_provider_qwenbatch.inputs import PreparedInput
+        from airflow_provider_qwenbatch.operators._sharded import ShardedJob
         from airflow_provider_qwenbatch.triggers.batch import BatchStatusTrigger
 
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         ti = context["ti"]
-        tag = _tag_of(ti)
+        tag = tag_of(ti)
         self._check_window()
         # Metadata and endpoint checked with a placeholder id: nothing is uploaded before they pass.
         self._create_request(tag, self.input_file_id or "file-placeholder")
-        # Validated (and hashed, in the same pass) before any request: the fingerprint decides re-attach.
-        prepared = self._prepare_input(self._resolved_requests(context))
+        # Validated, split and hashed in one pass before any request: the fingerprints decide re-attach.
+        plan = self._plan_input(context)
+        if plan is not None and (len(plan.shards) > 1 or self.resubmit_failed > 0):
+            try:
+                with self._client() as client, as_airflow_errors():
+                    return ShardedJob(self, context, client, tag).start(plan)
+            finally:
+                plan.cleanup()
+        prepared = None
+        if plan is not None:
+            # One shard: one batch, the single-batch path (its file is the plan's, removed with it).
+            prepared = PreparedInput(
+                Path(plan.shards[0].path), plan.shards[0].summary, temporary=plan.owns_folder
+            )
         client = self._client()
         with client, as_airflow_errors():
             try:
@@ -320,29 +427,6 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
             )
         return batch
 
-    def _cancel(self, client: BatchClient, batch_id: str) -> CancelOutcome:
-        """Cancel from a timeout or deadline path: no SIGKILL clock, so a longer budget and retries."""
-        from airflow_provider_qwenbatch.client.cancel import (
-            UNHURRIED_BUDGET,
-            UNHURRIED_RETRIES,
-            cancel_quietly,
-        )
-
-        return cancel_quietly(
-            client, batch_id, budget=UNHURRIED_BUDGET, retries=UNHURRIED_RETRIES, logger=self.log
-        )
-
-    def _check_killed(self, uploaded_file_id: str | None, client: BatchClient) -> None:
-        if not self._killed:
-            return
-        if uploaded_file_id is not None:
-            try:  # the quota holds 10,000 files and they never expire
-                client.delete_file(uploaded_file_id)
-                self.log.info("Killed: deleted the uploaded input file %s", uploaded_file_id)
-            except Exception as exc:
-                self.log.warning("Killed: could not delete input file %s: %s", uploaded_file_id, exc)
-        raise QwenBatchAirflowError(f"{self.task_id}: killed before the batch was created; no batch created")
-
     def _submit(
         self,
         client: BatchClient,
@@ -410,13 +494,18 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
             progress.update(batch)
         return batch
 
+    def _delete_input(self, client: BatchClient, batch: Batch) -> None:
+        if not batch.input_file_id:
+            return
+        try:
+            client.delete_file(batch.input_file_id)
+            self.log.info("Deleted input file %s", batch.input_file_id)
+        except Exception as exc:  # the batch's result matters more than the quota
+            self.log.warning("Could not delete input file %s: %s", batch.input_file_id, exc)
+
     def _finish(self, client: BatchClient, batch: Batch) -> dict[str, Any]:
-        if self.delete_input_file and batch.input_file_id:
-            try:
-                client.delete_file(batch.input_file_id)
-                self.log.info("Deleted input file %s", batch.input_file_id)
-            except Exception as exc:  # the batch's result matters more than the quota
-                self.log.warning("Could not delete input file %s: %s", batch.input_file_id, exc)
+        if self.delete_input_file:
+            self._delete_input(client, batch)
         self._done = batch
         if not batch.status.is_success:
             raise BatchFailedError(describe_end(batch), batch.id, batch.status.value)
@@ -439,6 +528,31 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
             result_file_ids=[done.output_file_id, done.error_file_id] if done else [],
         )
 
+    def execute_sharded_complete(
+        self, context: Context, event: dict[str, Any] | None = None, job: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Resume a sharded job after its trigger: create more shards, defer again, or finish.
+
+        :param context: the task context.
+        :param event: the trigger's event.
+        :param job: the job's state passed along when it deferred.
+        """
+        from airflow_provider_qwenbatch.operators._sharded import ShardedJob
+        from airflow_provider_qwenbatch.triggers.batches import parse_batches_event  # type: ignore[import-not-found, unused-ignore]
+
+        payload = parse_batches_event(event)
+        if payload.status == "timeout":
+            raise BatchTimeoutError(f"{self.task_id}: {payload.message}")
+        if payload.status == "error":
+            raise QwenBatchAirflowError(f"{self.task_id}: {payload.message}")
+        if not isinstance(job, dict):
+            raise QwenBatchAirflowError(
+                f"{self.task_id}: resumed without the job's state ({type(job).__name__})"
+            )
+        self._started = time.monotonic()
+        with self._client() as client, as_airflow_errors():
+            return ShardedJob(self, context, client, tag_of(context["ti"])).resume(job)
+
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: validate its event, then finish like the worker path."""
         from airflow_provider_qwenbatch.triggers.batch import parse_event
@@ -453,59 +567,3 @@ class SubmitBatchOperator(QwenBatchBaseOperator):
         with client, as_airflow_errors():
             # Re-read: the event is a summary, and the final state decides.
             return self._finish(client, client.retrieve_batch(payload.batch_id))
-
-    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
-        """After a deferral timeout (``execution_timeout`` while deferred), cancel the batch first.
-
-        Airflow skips the trigger's ``on_kill`` on a deferral timeout, so this is the only place
-        that can. A trigger that crashed or could not be loaded (``Trigger failure``) is not an
-        abort: the batch is left running and a retry re-attaches to it instead of paying again.
-        """
-        if next_method == TRIGGER_FAIL_REPR and self.cancel_on_kill:
-            error = (next_kwargs or {}).get("error")
-            if error == TRIGGER_TIMEOUT:
-                self._cancel_own_batch(context)
-            else:
-                self.log.warning(
-                    "The trigger failed (%s); the batch is left running: a retry re-attaches to it", error
-                )
-        return super().resume_execution(next_method, next_kwargs, context)
-
-    def _cancel_own_batch(self, context: Context) -> None:
-        ti = context["ti"]
-        # map_indexes: without it a mapped task's pull returns every map index's batch ids.
-        map_index = ti.map_index if ti.map_index is not None else -1
-        batch_id = ti.xcom_pull(task_ids=ti.task_id, key=BATCH_ID_XCOM_KEY, map_indexes=map_index)
-        client = self._client()
-        with client:
-            if isinstance(batch_id, str):
-                self._cancel(client, batch_id)
-                return
-            # No XCom (e.g. cleared meanwhile): the tag names this task instance's own batches only.
-            from airflow_provider_qwenbatch.client.lookup import find_batch_for_task
-
-            try:
-                running = find_batch_for_task(client, _tag_of(ti), None).to_cancel
-            except (
-                Exception
-            ) as exc:  # the task fails with the timeout either way; say why nothing was cancelled
-                self.log.warning("Could not look up this task's batch to cancel it: %s", exc)
-                return
-            if not running:
-                self.log.info("Deferral timed out; no running batch of this task instance to cancel")
-            for batch in running:
-                self._cancel(client, batch.id)
-
-    def on_kill(self) -> None:
-        """Cancel the batch quietly (well under the 5 s before SIGKILL).
-
-        Killed while the batch was being created: nothing is known yet to cancel, so the flag
-        set here makes ``execute`` cancel the batch as soon as the create call returns.
-        """
-        self._killed = True
-        if self.cancel_on_kill:
-            self._cancel_on_kill(self.batch_id)
-
-
-def _tag_of(ti: Any) -> BatchTag:
-    return BatchTag(ti.dag_id, ti.run_id, ti.task_id, ti.map_index if ti.map_index is not None else -1)

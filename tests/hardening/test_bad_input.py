@@ -80,13 +80,6 @@ def big_line_file(tmp: Path) -> dict[str, Any]:
     return {"input_path": str(path)}
 
 
-def many_lines_file(tmp: Path) -> dict[str, Any]:
-    path = tmp / "too-many.jsonl"
-    line = '{{"custom_id":"c{i}","method":"POST","url":"/v1/chat/completions","body":{{"model":"qwen-flash","messages":[]}}}}\n'
-    path.write_text("".join(line.format(i=i) for i in range(50_001)))
-    return {"input_path": str(path)}
-
-
 def ds_test_rows(n: int, content: str = "hi") -> list[dict[str, Any]]:
     return [
         {
@@ -206,7 +199,6 @@ FILE_CASES: list[tuple[str, Callable[[Path], dict[str, Any]], list[str]]] = [
     ("line-is-array", rows_file("a.jsonl", [row(0), [1, 2, 3]]), ["a.jsonl:2", "[invalid_request]"]),
     ("line-is-string", rows_file("a.jsonl", ["just text"]), ["a.jsonl:1", "[invalid_request]"]),
     ("line-over-6mb", big_line_file, ["huge-line.jsonl:2", "[line_too_large]"]),
-    ("over-50000-lines", many_lines_file, ["too-many.jsonl", "[too_many_lines]", "50001"]),
     (
         "test-model-on-chat-endpoint",
         rows_file("a.jsonl", [row(0, body=body(model="batch-test-model"))]),
@@ -217,15 +209,13 @@ FILE_CASES: list[tuple[str, Callable[[Path], dict[str, Any]], list[str]]] = [
         rows_file("a.jsonl", [row(0, url="/v1/chat/ds-test")], endpoint="/v1/chat/ds-test"),
         ["a.jsonl:1", "[mismatched_test_url]"],
     ),
+    # More lines or bytes than one batch holds are split into shards now (tests/unit/client/
+    # test_shards.py, tests/integration/test_sharded_submit.py); one line over a batch's limit
+    # cannot be split and is still refused.
     (
-        "test-model-over-100-lines",
-        rows_file("t.jsonl", ds_test_rows(101), endpoint="/v1/chat/ds-test"),
-        ["t.jsonl", "[too_many_lines]", "101"],
-    ),
-    (
-        "test-model-over-1mb",
-        rows_file("t.jsonl", ds_test_rows(50, "y" * 25_000), endpoint="/v1/chat/ds-test"),
-        ["t.jsonl", "[file_too_large]"],
+        "test-model-line-over-1mb",
+        rows_file("t.jsonl", ds_test_rows(1, "y" * 1_100_000), endpoint="/v1/chat/ds-test"),
+        ["t.jsonl:1", "[line_too_large]"],
     ),
     ("path-missing", lambda tmp: {"input_path": str(tmp / "nope.jsonl")}, ["nope.jsonl", "[unreadable]"]),
     ("path-is-folder", lambda tmp: {"input_path": str(tmp)}, ["[unreadable]"]),
@@ -268,7 +258,7 @@ FILE_CASES: list[tuple[str, Callable[[Path], dict[str, Any]], list[str]]] = [
     (
         "requests-rendered-to-string",
         requests_list("[{'custom_id': 'a'}]"),
-        ["requests must be a list of request dicts", "got str", "not templated"],
+        ["requests must be request dicts", "got str", "not templated"],
     ),
     (
         "ds-description-too-long",

@@ -1,0 +1,220 @@
+"""SubmitBatchOperator on an input of many shards, against the emulator: one task, many batches.
+
+The truth is read from the emulator (its batches, its request log, its stored input files);
+the task instance is the XCom-checking stand-in of :mod:`tests.integration.helpers` for the
+worker path. The deferred path runs under ``dag.test()`` in ``test_sharded_deferred.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_qwenbatch.client.identity import BatchTag
+from airflow_provider_qwenbatch.emulator.config import EmulatorConfig
+from airflow_provider_qwenbatch.emulator.server import EmulatorHandle, running_emulator
+from airflow_provider_qwenbatch.operators._base import BATCH_IDS_XCOM_KEY
+from airflow_provider_qwenbatch.operators.batch import SubmitBatchOperator
+from tests.integration.conftest import API_KEY, FAST, conn_json
+from tests.integration.helpers import StubTI, chat_requests, context_for, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stored_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmulatorHandle, Path]]:
+    """An emulator whose uploaded input files can be read back from its ``state_dir``."""
+    state = tmp_path_factory.mktemp("emulator-state")
+    config = EmulatorConfig(port=0, api_key=API_KEY, state_dir=str(state), **FAST)  # type: ignore[arg-type]
+    with running_emulator(config) as handle:
+        yield handle, state / "files"
+
+
+@pytest.fixture
+def emu(stored_emulator: tuple[EmulatorHandle, Path], monkeypatch: pytest.MonkeyPatch) -> EmulatorHandle:
+    handle, _ = stored_emulator
+    handle.reset()
+    handle.clear_faults()
+    handle.set_config(line_error_rate=0.0, line_soft_error_rate=0.0, time_scale=1.0, **FAST)
+    monkeypatch.setenv("AIRFLOW_CONN_QWEN_BATCH_DEFAULT", conn_json(handle))
+    return handle
+
+
+def _submit(**kw: Any) -> SubmitBatchOperator:
+    kw.setdefault("task_id", "submit")
+    kw.setdefault("poll_interval", 0.1)
+    kw.setdefault("deferrable", False)
+    return SubmitBatchOperator(**kw)
+
+
+def _creates(emu: EmulatorHandle) -> list[dict[str, Any]]:
+    return [e for e in emu.requests(endpoint="create_batch") if e.get("status") == 200]
+
+
+def _ds_names(emu: EmulatorHandle) -> dict[str, str]:
+    return {b["batch"]["id"]: b["batch"]["metadata"]["ds_name"] for b in emu.batches(lines=False)}
+
+
+def _stored_input_ids(files: Path, file_id: str) -> list[str]:
+    matches = [p for p in files.rglob("*") if p.is_file() and file_id in p.name]
+    assert matches, f"input file {file_id} not stored under {files}"
+    return [json.loads(line)["custom_id"] for line in matches[0].read_text().splitlines() if line.strip()]
+
+
+def test_a_job_of_three_shards_completes_with_every_request_in_exactly_one_shard(emu: EmulatorHandle) -> None:
+    rows = chat_requests(10)
+    ti = StubTI(try_number=1)
+    summary = _submit(requests=rows, max_lines_per_batch=4).execute(context_for(ti))
+
+    assert summary["kind"] == "sharded" and summary["status"] == "completed"
+    assert [s["lines"] for s in summary["shards"]] == [4, 4, 2]
+    assert [(s["first_line"], s["last_line"]) for s in summary["shards"]] == [(1, 4), (5, 8), (9, 10)]
+    assert summary["request_counts"] == {"total": 10, "completed": 10, "failed": 0}
+    assert ti.xcom[BATCH_IDS_XCOM_KEY] == summary["batch_ids"] and len(set(summary["batch_ids"])) == 3
+    assert ti.xcom["batch_id"] == summary["batch_ids"][0]
+    # Each batch carries the task's tag, its own shard fingerprint and its shard label.
+    tag = BatchTag(ti.dag_id, ti.run_id, ti.task_id)
+    names = _ds_names(emu)
+    labels = [tag.shard_in(names[b]) for b in summary["batch_ids"]]
+    assert [label.value for label in labels if label] == ["r0s1", "r0s2", "r0s3"]
+    assert len({tag.fingerprint_in(names[b]) for b in summary["batch_ids"]}) == 3
+
+
+def test_every_request_reaches_the_server_once_and_unchanged(
+    emu: EmulatorHandle, stored_emulator: tuple[EmulatorHandle, Path]
+) -> None:
+    rows = chat_requests(7)
+    rows[3]["body"]["messages"][0]["content"] = "keep {{ ds }} and {% raw %} as they are"
+    summary = _submit(requests=rows, max_lines_per_batch=3).execute(context_for(StubTI()))
+    files = stored_emulator[1]
+    sent: list[str] = []
+    for shard in summary["shards"]:
+        sent += _stored_input_ids(files, shard["input_file_id"])
+    assert sorted(sent) == sorted(r["custom_id"] for r in rows)
+    stored = "".join(
+        p.read_text()
+        for p in files.rglob("*")
+        if p.is_file() and summary["shards"][1]["input_file_id"] in p.name
+    )
+    assert "keep {{ ds }} and {% raw %} as they are" in stored
+
+
+def test_max_active_batches_is_honoured_and_later_shards_created_as_earlier_ones_end(
+    emu: EmulatorHandle,
+) -> None:
+    emu.set_config(lines_per_second=20.0)
+    summary = _submit(requests=chat_requests(12), max_lines_per_batch=3, max_active_batches=2).execute(
+        context_for(StubTI())
+    )
+    creates = _creates(emu)
+    assert len(creates) == 4 and summary["status"] == "completed"
+    # The emulator counts its unfinished batches right after each create: never more than 2.
+    assert max(e["unfinished"] for e in creates) <= 2
+    assert any(e["unfinished"] == 2 for e in creates), "two shards should have run side by side"
+
+
+def test_a_retry_reattaches_to_every_shard_and_creates_only_the_missing_one(emu: EmulatorHandle) -> None:
+    rows = chat_requests(9)
+    first = _submit(requests=rows, max_lines_per_batch=3).execute(context_for(StubTI(try_number=1)))
+    assert len(_creates(emu)) == 3
+    again = _submit(requests=rows, max_lines_per_batch=3).execute(context_for(StubTI(try_number=2)))
+    assert again["batch_ids"] == first["batch_ids"]
+    assert len(_creates(emu)) == 3, "a retry of the same input must create no batch"
+
+
+def test_a_shard_that_ended_badly_is_the_only_one_paid_again(emu: EmulatorHandle) -> None:
+    emu.set_config(lines_per_second=1.0)
+    rows = chat_requests(9)
+    first = _submit(requests=rows, max_lines_per_batch=3, wait_for_completion=False)
+    ctx = context_for(StubTI(dag_id="d2", try_number=1))
+    ids = first.execute(ctx)["batch_ids"]
+    from airflow_provider_qwenbatch.client.sync import BatchClient
+
+    with BatchClient(API_KEY, emu.base_url) as client:
+        client.cancel_batch(ids[1])  # still running: it ends cancelled
+    wait_until(lambda: _status(emu, ids[1]) == "cancelled", what="shard 2 cancelled")
+    emu.set_config(lines_per_second=200.0)
+    retry = _submit(requests=rows, max_lines_per_batch=3).execute(
+        context_for(StubTI(dag_id="d2", try_number=2))
+    )
+    assert len(_creates(emu)) == 4, "only the cancelled shard gets a new batch"
+    assert retry["batch_ids"][0] == ids[0] and retry["batch_ids"][2] == ids[2]
+    assert retry["batch_ids"][1] not in ids and retry["status"] == "completed"
+
+
+def _status(emu: EmulatorHandle, batch_id: str) -> str:
+    return str(emu.batch_state(batch_id)["batch"]["status"])
+
+
+def test_a_retry_with_changed_input_cancels_the_old_shards_it_cannot_use(emu: EmulatorHandle) -> None:
+    emu.set_config(lines_per_second=2.0)
+    old = _submit(requests=chat_requests(6), max_lines_per_batch=3, wait_for_completion=False)
+    assert old.execute(context_for(StubTI(try_number=1)))["status"] == "running"
+    assert not emu.requests(endpoint="cancel_batch")
+    emu.set_config(lines_per_second=200.0)
+    changed = chat_requests(6)
+    for row in changed:
+        row["body"]["messages"][0]["content"] += " (v2)"
+    summary = _submit(requests=changed, max_lines_per_batch=3).execute(context_for(StubTI(try_number=2)))
+    assert summary["status"] == "completed"
+    old_ids = {e["batch_id"] for e in _creates(emu)[:2]}
+    assert not old_ids & set(summary["batch_ids"])
+    states = {b["batch"]["id"]: b["batch"]["status"] for b in emu.batches(lines=False)}
+    assert all(states[b] in ("cancelling", "cancelled") for b in old_ids)
+
+
+def test_on_kill_cancels_every_unfinished_shard_concurrently(emu: EmulatorHandle) -> None:
+    emu.set_config(lines_per_second=1.0)
+    op = _submit(requests=chat_requests(12), max_lines_per_batch=3, max_active_batches=3)
+    ctx = context_for(StubTI())
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            op.execute(ctx)
+        except BaseException as exc:  # the wait ends once its batches are cancelled
+            errors.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    wait_until(lambda: len(_creates(emu)) == 3, what="three shard batches")
+    op.on_kill()
+    ids = [e["batch_id"] for e in _creates(emu)]
+    cancels = {e["batch_id"] for e in emu.requests(endpoint="cancel_batch")}
+    assert cancels == set(ids[:3])
+    t.join(30)
+    assert errors, "the task must not succeed once killed"
+    assert len(_creates(emu)) == 3, "no shard is created after the kill"
+
+
+def test_resubmit_failed_sends_only_the_retryable_failures_again(
+    emu: EmulatorHandle, stored_emulator: tuple[EmulatorHandle, Path]
+) -> None:
+    emu.set_config(line_error_rate=0.4, line_soft_error_rate=0.2, transient_line_errors=True)
+    rows = chat_requests(20)
+    summary = _submit(requests=rows, max_lines_per_batch=8, resubmit_failed=1).execute(context_for(StubTI()))
+    first_round = [s for s in summary["shards"] if s["round"] == 0]
+    later = [s for s in summary["shards"] if s["round"] == 1]
+    assert len(first_round) == 3 and summary["rounds"] == 2
+    # Which lines failed how, read from the emulator's own per-line outcomes.
+    retryable, content = set(), set()
+    for b in emu.batches(lines=True):
+        if b["batch"]["id"] in {s["batch_id"] for s in first_round}:
+            for line in b["results"]:
+                if line.get("outcome") == "error":
+                    retryable.add(line["custom_id"])
+                elif line.get("outcome") == "soft_error":
+                    content.add(line["custom_id"])
+    assert retryable, "the emulator should have failed some lines with a server error"
+    resent: list[str] = []
+    for shard in later:
+        resent += _stored_input_ids(stored_emulator[1], shard["input_file_id"])
+    assert sorted(resent) == sorted(retryable)
+    assert not set(resent) & content, "content refusals are never sent again"
+    # The resent lines drew their outcome again (transient errors): most now succeed.
+    assert sum(s["request_counts"]["completed"] for s in later) >= 1
