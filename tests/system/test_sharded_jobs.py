@@ -231,6 +231,11 @@ def test_sharded_worker_sigkill_retry_creates_only_missing_shards(
     peak = system.emu.peak_unfinished(ids)
     record["peak_unfinished"] = peak
     assert peak <= MAX_ACTIVE_BATCHES, f"{peak} batches unfinished at once"
+    # The emulator's own count at each create (every unfinished batch it holds, this one included;
+    # no other scenario's batch runs now): exact at that moment, where the sweep above has 1 s steps.
+    at_create = [int(e["unfinished"]) for e in creates]
+    record["unfinished_at_each_create"] = at_create
+    assert max(at_create) <= MAX_ACTIVE_BATCHES, at_create
     assert all(system.emu.status(b) == "completed" for b in ids)
     assert all(system.emu.cancel_requests(b) == [] for b in ids)
     _assert_shards_completed(_summary(system, dag_id, run_id), ids)
