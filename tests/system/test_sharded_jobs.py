@@ -203,6 +203,7 @@ def test_sharded_worker_sigkill_retry_creates_only_missing_shards(
         # Only ever a process of the stack: a descendant of the scheduler (LocalExecutor worker -> supervisor -> task).
         assert system.stack.components["scheduler"].pid in [p.pid for p in victim.parents()]
         os.kill(pid, signal.SIGKILL)
+        killed_at = time.time()
         victim.wait(timeout=10)
         killed_seq = system.emu.last_seq()
         before_kill = system.emu.run_batches(dag_id, run_id)
@@ -215,6 +216,7 @@ def test_sharded_worker_sigkill_retry_creates_only_missing_shards(
         system.handle.set_config(lines_per_second=LINES_PER_SECOND)
     assert ti["state"] == "success" and ti["try_number"] == 2, ti
     system.api.wait_run_state(dag_id, run_id, ["success"], STATE_TIMEOUT)
+    record["kill_to_run_success_s"] = round(time.time() - killed_at, 1)
 
     batches = system.emu.run_batches(dag_id, run_id)
     ids = {b["id"] for b in batches}
@@ -227,6 +229,9 @@ def test_sharded_worker_sigkill_retry_creates_only_missing_shards(
     by_try2 = [e["batch_id"] for e in creates if int(e["seq"]) > killed_seq]
     assert {b["id"] for b in before_kill} <= ids
     assert len(by_try2) == SHARDS - len(before_kill), (len(before_kill), by_try2)
+    record["kill_to_first_create_of_try2_s"] = round(
+        min(float(e["wall"]) for e in creates if int(e["seq"]) > killed_seq) - killed_at, 1
+    )
     # At most max_active_batches of the task's batches unfinished at once, across both tries.
     peak = system.emu.peak_unfinished(ids)
     record["peak_unfinished"] = peak
