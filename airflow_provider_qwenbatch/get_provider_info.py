@@ -41,7 +41,10 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "Qwen Batch (DashScope)",
-                "python-modules": ["airflow_provider_qwenbatch.triggers.batch"],
+                "python-modules": [
+                    "airflow_provider_qwenbatch.triggers.batch",
+                    "airflow_provider_qwenbatch.triggers.batches",
+                ],
             }
         ],
         "hooks": [

@@ -22,6 +22,60 @@ REQUESTS_SOURCE = "requests (list given to the operator)"
 _COPY_CHUNK = 1024 * 1024
 
 
+def plan_input(
+    requests: Iterable[Mapping[str, Any]] | None,
+    input_path: str | None,
+    input_conn_id: str | None,
+    endpoint: str,
+    *,
+    max_lines_per_batch: int | None,
+    strict_cost: bool,
+    max_input_tokens: int | None,
+    logger: LoggerLike,
+) -> ShardPlan | None:
+    """Validate and split the operator's input, and check the token cap: everything before an upload.
+
+    :param requests: request dicts, if the input is given so.
+    :param input_path: else a JSONL path or URI.
+    :param input_conn_id: Airflow Connection of the object store holding ``input_path``.
+    :param endpoint: the batch endpoint.
+    :param max_lines_per_batch: the user's cap on lines per shard.
+    :param strict_cost: refuse billing surprises instead of warning.
+    :param max_input_tokens: refuse above this many estimated prompt tokens.
+    :param logger: the task log.
+    :returns: the plan, or ``None`` when the input is neither (an ``input_file_id``, never read).
+    :raises BatchInputError: naming the file and line (or request position) of each problem.
+    """
+    from airflow_provider_qwenbatch.exceptions import as_airflow_errors
+
+    with as_airflow_errors():
+        if requests is not None:
+            plan = plan_requests(
+                requests,
+                endpoint,
+                max_lines_per_batch=max_lines_per_batch,
+                strict_cost=strict_cost,
+                logger=logger,
+            )
+        elif input_path is not None:
+            plan = plan_path(
+                input_path,
+                endpoint,
+                input_conn_id,
+                max_lines_per_batch=max_lines_per_batch,
+                strict_cost=strict_cost,
+                logger=logger,
+            )
+        else:
+            return None
+        try:
+            check_token_cap(plan, max_input_tokens, logger)
+        except BaseException:
+            plan.cleanup()
+            raise
+    return plan
+
+
 def plan_requests(
     requests: Iterable[Mapping[str, Any]],
     endpoint: str,

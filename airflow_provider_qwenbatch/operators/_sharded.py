@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from airflow_provider_qwenbatch.operators.submit import SubmitBatchOperator
 
 RESUME_METHOD = "execute_sharded_complete"
+# What a deferred job needs when it resumes (ids and shard facts, no payload), in XCom.
+JOB_STATE_XCOM_KEY = "qwenbatch_job_state"
 
 
 def shard_fingerprint(shard: Shard, completion_window: str, round_number: int) -> InputFingerprint:
@@ -164,7 +166,7 @@ class ShardedJob:
             self.batches[label] = self.client.retrieve_batch(batch_id)
         if self.op.reattach:
             self.pool = earlier
-        self.op._job_batch_ids = [b.id for b in self.batches.values()]
+        self.op._job_batch_ids = [self.batches[label].id for label in self._order()]
         return self._drive(int(state["round"]))
 
     def _adopt_earlier(self, wanted: set[str]) -> None:
@@ -284,7 +286,7 @@ class ShardedJob:
     def _add(self, label: ShardLabel, batch: Batch) -> None:
         first = not self.batches
         self.batches[label.value] = batch
-        ids = [b.id for b in self.batches.values()]
+        ids = [self.batches[label].id for label in self._order()]
         self.op._job_batch_ids = ids
         ti = self.context["ti"]
         if first:
@@ -355,52 +357,21 @@ class ShardedJob:
             self._work = tempfile.mkdtemp(prefix="qwenbatch-job-")
         return Path(self._work)
 
-    def _download(self, file_id: str | None) -> str | None:
-        if not file_id:
-            return None
-        if file_id not in self._downloads:
-            local = self._workdir() / f"{file_id}.jsonl"
-            self.client.download_file(file_id, local)
-            self._downloads[file_id] = str(local)
-        return self._downloads[file_id]
-
     def _resubmission_plan(self, round_number: int) -> ShardPlan:
-        from airflow_provider_qwenbatch.client.merge import ResultFiles, write_resubmission
-        from airflow_provider_qwenbatch.client.shards import split_jsonl_file
+        from airflow_provider_qwenbatch.operators._resubmit import resubmission_plan
 
-        results = []
-        for r in range(round_number):
-            for n in self._numbers(r):
-                batch = self.batches[ShardLabel(r, n).value]
-                results.append(
-                    ResultFiles(
-                        n if r == 0 else None,
-                        self._download(batch.output_file_id),
-                        self._download(batch.error_file_id),
-                        attempt=r + 1,
-                    )
-                )
-        first = self._plan(0)
-        # A shard whose batch failed validation as a whole would fail again: not re-sent.
-        inputs = [
-            s.path
-            for s in first.shards
-            if self.batches[ShardLabel(0, s.number).value].status.value != "failed"
+        rounds = [
+            [self.batches[ShardLabel(r, n).value] for n in self._numbers(r)] for r in range(round_number)
         ]
-        resub = write_resubmission(results, inputs, self._workdir() / f"resubmit-{round_number}.jsonl")
-        self.log.info(
-            "Round %d: %d requests to send again (%d failed for a retryable reason, %d have no result)",
-            round_number,
-            resub.lines,
-            resub.retryable,
-            resub.missing,
-        )
-        return split_jsonl_file(
-            resub.path,
+        return resubmission_plan(
+            self.client,
+            rounds,
+            self._plan(0),
+            self._workdir(),
             self.op.endpoint,
-            folder=self._workdir() / f"round-{round_number}",
             max_lines_per_batch=self.op.max_lines_per_batch,
-            source=f"resubmission round {round_number}",
+            downloads=self._downloads,
+            logger=self.log,
         )
 
     def _plan_resubmission(self, round_number: int) -> int:
@@ -431,9 +402,11 @@ class ShardedJob:
         )
 
     def _defer(self, round_number: int, active: list[Batch], pending: bool) -> None:
-        from airflow_provider_qwenbatch.triggers.batches import BatchesStatusTrigger  # type: ignore[import-not-found, unused-ignore]
+        from airflow_provider_qwenbatch.triggers.batches import BatchesStatusTrigger
 
         self._discard()  # the worker that resumes may be another machine: nothing local survives
+        # The state goes to XCom, not the deferral's kwargs: dag.test() resumes with the event only.
+        self.context["ti"].xcom_push(key=JOB_STATE_XCOM_KEY, value=self.state(round_number))
         self.op.defer(
             trigger=BatchesStatusTrigger(
                 batch_ids=[b.id for b in active],
@@ -444,7 +417,6 @@ class ShardedJob:
                 wake_on_first_end=pending,
             ),
             method_name=RESUME_METHOD,
-            kwargs={"job": self.state(round_number)},
             timeout=self.op._defer_timeout(self.op._started),
         )
 

@@ -33,7 +33,8 @@ from airflow_provider_qwenbatch.operators._base import (
     seconds,
     tag_of,
 )
-from airflow_provider_qwenbatch.summary import ProgressReporter, batch_summary, describe_end, describe_timeout
+from airflow_provider_qwenbatch.operators._single import SingleBatchPath
+from airflow_provider_qwenbatch.summary import batch_summary, describe_end
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 # a DAG file that imports these operators is parsed often, and should not pay for them.
 
 
-class SubmitBatchOperator(SubmitAbortPaths, QwenBatchBaseOperator):
+class SubmitBatchOperator(SingleBatchPath, SubmitAbortPaths, QwenBatchBaseOperator):
     """Submit a batch job to Qwen Cloud and (by default) wait for it, without a second paid batch on retry.
 
     Input is exactly one of ``requests`` (request dicts: a list, a generator, or the XComArg of a
@@ -287,35 +288,18 @@ class SubmitBatchOperator(SubmitAbortPaths, QwenBatchBaseOperator):
 
         :param context: the task context.
         """
-        from airflow_provider_qwenbatch.operators._plan import check_token_cap, plan_path, plan_requests
+        from airflow_provider_qwenbatch.operators._plan import plan_input
 
-        requests = self._input_requests(context)
-        with as_airflow_errors():
-            if requests is not None:
-                plan = plan_requests(
-                    requests,
-                    self.endpoint,
-                    max_lines_per_batch=self.max_lines_per_batch,
-                    strict_cost=self.strict_cost,
-                    logger=self.log,
-                )
-            elif self.input_path is not None:
-                plan = plan_path(
-                    self.input_path,
-                    self.endpoint,
-                    self.input_conn_id,
-                    max_lines_per_batch=self.max_lines_per_batch,
-                    strict_cost=self.strict_cost,
-                    logger=self.log,
-                )
-            else:
-                return None
-            try:
-                check_token_cap(plan, self.max_input_tokens, self.log)
-            except BaseException:
-                plan.cleanup()
-                raise
-        return plan
+        return plan_input(
+            self._input_requests(context),
+            self.input_path,
+            self.input_conn_id,
+            self.endpoint,
+            max_lines_per_batch=self.max_lines_per_batch,
+            strict_cost=self.strict_cost,
+            max_input_tokens=self.max_input_tokens,
+            logger=self.log,
+        )
 
     def _fingerprint(self, prepared: PreparedInput | None) -> InputFingerprint:
         if prepared is not None:
@@ -398,74 +382,6 @@ class SubmitBatchOperator(SubmitAbortPaths, QwenBatchBaseOperator):
         left = self.execution_timeout - timedelta(seconds=time.monotonic() - started)
         return max(left, timedelta(0))
 
-    def _find_earlier(
-        self, client: BatchClient, tag: BatchTag, try_number: int | None, fingerprint: InputFingerprint
-    ) -> Batch | None:
-        # Try 1 of a task instance has no earlier try (a clear increments try_number in Airflow 3).
-        if not self.reattach or (try_number or 1) <= 1:
-            return None
-        from airflow_provider_qwenbatch.client.lookup import find_batch_for_task
-
-        earlier = find_batch_for_task(client, tag, fingerprint)
-        for stale in earlier.to_cancel:
-            # Still billing for input that is no longer this task's: nobody will read its results.
-            self.log.warning(
-                "Try %s: batch %s (%s) of an earlier try was created from other input; cancelling it",
-                try_number,
-                stale.id,
-                stale.status.value,
-            )
-            self._cancel(client, stale.id)
-        batch = earlier.reattach
-        if batch is not None:
-            self.log.info(
-                "Try %s re-attaches to batch %s (%s) created by an earlier try from the same input; "
-                "no new batch is created",
-                try_number,
-                batch.id,
-                batch.status.value,
-            )
-        return batch
-
-    def _submit(
-        self,
-        client: BatchClient,
-        tag: BatchTag,
-        prepared: PreparedInput | None,
-        fingerprint: InputFingerprint,
-    ) -> Batch:
-        self._check_killed(None, client)
-        uploaded_id: str | None = None
-        if prepared is not None:
-            s = prepared.summary
-            self.log.info(
-                "Input valid: %d requests, %d bytes, model %s; uploading", s.lines, s.bytes, s.model or "?"
-            )
-            from airflow_provider_qwenbatch.client.jsonl import warn_if_model_not_in_region
-
-            warn_if_model_not_in_region(s, self._resolve_settings().base_url, self.log)
-            uploaded = client.upload_file(prepared.path)
-            uploaded_id = input_file_id = uploaded.id
-            self.log.info("Uploaded input file %s (x-request-id=%s)", input_file_id, uploaded.x_request_id)
-        else:
-            assert self.input_file_id is not None
-            input_file_id = self.input_file_id
-        # Killed during the upload: on_kill had no batch to cancel, so none may be created now.
-        self._check_killed(uploaded_id, client)
-        request = self._create_request(tag, input_file_id, fingerprint)
-        batch = client.create_batch(
-            request.input_file_id, request.endpoint, request.completion_window, request.metadata
-        )
-        self.log.info(
-            "Created batch %s (%s, tag %s, input %s, x-request-id=%s)",
-            batch.id,
-            batch.status.value,
-            tag.value,
-            fingerprint.value,
-            batch.x_request_id,
-        )
-        return batch
-
     def _console_url(self, batch_id: str) -> str:
         assert self._settings is not None
         return self._settings.console_url(batch_id)
@@ -475,24 +391,6 @@ class SubmitBatchOperator(SubmitAbortPaths, QwenBatchBaseOperator):
         ti = context["ti"]
         ti.xcom_push(key=BATCH_ID_XCOM_KEY, value=batch.id)
         ti.xcom_push(key=CONSOLE_URL_XCOM_KEY, value=self._console_url(batch.id))
-
-    def _wait(self, client: BatchClient, batch: Batch, deadline: float | None) -> Batch:
-        progress = ProgressReporter(self.log)
-        progress.update(batch)
-        while not batch.status.is_terminal:
-            wait = self.poll_interval
-            if deadline is not None:
-                left = deadline - time.time()
-                if left <= 0:
-                    outcome = self._cancel(client, batch.id)
-                    raise BatchTimeoutError(
-                        f"{self.task_id}: {describe_timeout(batch, self.timeout, outcome)}"
-                    )
-                wait = min(wait, left)
-            time.sleep(wait)
-            batch = client.retrieve_batch(batch.id)
-            progress.update(batch)
-        return batch
 
     def _delete_input(self, client: BatchClient, batch: Batch) -> None:
         if not batch.input_file_id:
@@ -529,22 +427,25 @@ class SubmitBatchOperator(SubmitAbortPaths, QwenBatchBaseOperator):
         )
 
     def execute_sharded_complete(
-        self, context: Context, event: dict[str, Any] | None = None, job: dict[str, Any] | None = None
+        self, context: Context, event: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """Resume a sharded job after its trigger: create more shards, defer again, or finish.
 
         :param context: the task context.
         :param event: the trigger's event.
-        :param job: the job's state passed along when it deferred.
         """
-        from airflow_provider_qwenbatch.operators._sharded import ShardedJob
-        from airflow_provider_qwenbatch.triggers.batches import parse_batches_event  # type: ignore[import-not-found, unused-ignore]
+        from airflow_provider_qwenbatch.operators._sharded import JOB_STATE_XCOM_KEY, ShardedJob
+        from airflow_provider_qwenbatch.triggers.batches import parse_batches_event
 
         payload = parse_batches_event(event)
         if payload.status == "timeout":
             raise BatchTimeoutError(f"{self.task_id}: {payload.message}")
         if payload.status == "error":
             raise QwenBatchAirflowError(f"{self.task_id}: {payload.message}")
+        ti = context["ti"]
+        # map_indexes: without it a mapped task's pull returns every map index's state.
+        map_index = ti.map_index if ti.map_index is not None else -1
+        job = ti.xcom_pull(task_ids=ti.task_id, key=JOB_STATE_XCOM_KEY, map_indexes=map_index)
         if not isinstance(job, dict):
             raise QwenBatchAirflowError(
                 f"{self.task_id}: resumed without the job's state ({type(job).__name__})"

@@ -225,3 +225,17 @@ def test_listener_looks_on_the_server_when_the_metadata_db_cannot_be_read(
     cancelled = {r["batch_id"] for r in emulator.requests(endpoint="cancel_batch")}
     assert cancelled == {two_runs["failed_a"], two_runs["failed_b"]}
     assert any("metadata DB" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_failure_callback_cancels_every_shard_of_a_split_input(emulator: EmulatorHandle) -> None:
+    emulator.set_config(lines_per_second=5.0)
+    op = SubmitBatchOperator(
+        task_id="big", requests=chat_requests(40), max_lines_per_batch=10, wait_for_completion=False
+    )
+    shards = op.execute(context_for(StubTI(dag_id="etl", run_id="run-sharded", task_id="big")))["batch_ids"]
+    other = _start("run-ok", "a", lines=100)
+    assert len(shards) == 4
+    cancel_batches_on_failure({"dag": SimpleNamespace(dag_id="etl"), "run_id": "run-sharded"})
+    cancelled = {r["batch_id"] for r in emulator.requests(endpoint="cancel_batch")}
+    assert cancelled == set(shards)
+    assert status_of(emulator, other) in ("validating", "in_progress")

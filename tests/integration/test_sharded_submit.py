@@ -218,3 +218,44 @@ def test_resubmit_failed_sends_only_the_retryable_failures_again(
     assert not set(resent) & content, "content refusals are never sent again"
     # The resent lines drew their outcome again (transient errors): most now succeed.
     assert sum(s["request_counts"]["completed"] for s in later) >= 1
+
+
+def test_max_input_tokens_refuses_before_anything_is_uploaded(emu: EmulatorHandle) -> None:
+    from airflow_provider_qwenbatch.exceptions import BatchInputError
+
+    rows = chat_requests(30)
+    with pytest.raises(BatchInputError) as err:
+        _submit(requests=rows, max_lines_per_batch=10, max_input_tokens=50).execute(context_for(StubTI()))
+    assert "too_many_input_tokens" in str(err.value) and "an estimate" in str(err.value)
+    assert not emu.requests(endpoint="upload_file") and not _creates(emu)
+
+
+def test_strict_cost_refuses_a_thinking_model_without_enable_thinking_before_upload(
+    emu: EmulatorHandle,
+) -> None:
+    from airflow_provider_qwenbatch.exceptions import BatchInputError
+
+    rows = chat_requests(5, model="qwen3.6-plus")
+    with pytest.raises(BatchInputError) as err:
+        _submit(requests=rows, max_lines_per_batch=2, strict_cost=True).execute(context_for(StubTI()))
+    assert "enable_thinking" in str(err.value) and "request 1" in str(err.value)
+    assert not emu.requests(endpoint="upload_file")
+
+
+def test_a_duplicate_custom_id_across_shards_is_named_with_its_original_position(emu: EmulatorHandle) -> None:
+    from airflow_provider_qwenbatch.exceptions import BatchInputError
+
+    rows = chat_requests(9)
+    rows[7]["custom_id"] = rows[1]["custom_id"]  # shard 3 repeats an id of shard 1
+    with pytest.raises(BatchInputError) as err:
+        _submit(requests=rows, max_lines_per_batch=3).execute(context_for(StubTI()))
+    assert "request 8 (index 7)" in str(err.value) and "duplicate_custom_id" in str(err.value)
+    assert "shard" not in str(err.value)
+    assert not emu.requests(endpoint="upload_file")
+
+
+def test_resubmit_failed_with_nothing_to_resend_runs_one_round(emu: EmulatorHandle) -> None:
+    summary = _submit(requests=chat_requests(6), max_lines_per_batch=3, resubmit_failed=2).execute(
+        context_for(StubTI())
+    )
+    assert summary["rounds"] == 1 and summary["status"] == "completed" and len(_creates(emu)) == 2

@@ -304,3 +304,33 @@ async def test_retries_are_used_only_when_asked(make_api: MakeApi) -> None:
     assert (kill_path.action, sent) == (CancelAction.FAILED, 1)
     timeout_path, sent = await run(2)
     assert (timeout_path.action, sent) == (CancelAction.REQUESTED, 2)
+
+
+def test_cancel_many_sends_every_cancel_at_once() -> None:
+    """Three cancels that each wait for the other two: sent one after another they would all time out."""
+    import threading
+
+    from airflow_provider_qwenbatch.client import BatchClient
+    from airflow_provider_qwenbatch.client.cancel import cancel_many
+
+    from .conftest import API_KEY, BASE_URL
+
+    ids = [f"batch_{n}" for n in range(3)]
+    together = threading.Barrier(3, timeout=5)
+    seen: list[str] = []
+    document = load("get-inprogress-batch").json()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        batch_id = request.url.path.split("/")[-2 if request.url.path.endswith("/cancel") else -1]
+        assert batch_id in ids, f"a cancel for a batch that was not given: {request.url.path}"
+        if request.url.path.endswith("/cancel"):
+            together.wait()  # raises BrokenBarrierError if the others never come
+            seen.append(batch_id)
+            return httpx.Response(200, json={**document, "id": batch_id, "status": "cancelling"})
+        return httpx.Response(200, json={**document, "id": batch_id, "status": "in_progress"})
+
+    with BatchClient(API_KEY, BASE_URL, transport=httpx.MockTransport(handler)) as client:
+        outcomes = cancel_many(client, ids, budget=10, logger=logging.getLogger(LOGGER))
+    assert sorted(seen) == ids
+    assert [o.batch_id for o in outcomes] == ids and all(o.ok for o in outcomes)
+    assert cancel_many(client, [], budget=1) == []

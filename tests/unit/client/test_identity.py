@@ -100,3 +100,46 @@ def test_validation_hashes_exactly_the_file_bytes_in_its_one_pass(tmp_path: Path
     assert written.sha256 == hashlib.sha256((tmp_path / "out.jsonl").read_bytes()).hexdigest()
     # The same requests give the same hash whichever way they arrive.
     assert validate_jsonl_file(tmp_path / "out.jsonl", CHAT).sha256 == written.sha256
+
+
+# ---- shards of a split input ---------------------------------------------------------------
+
+
+def test_a_shard_label_sits_after_the_fingerprint_and_leaves_tag_and_fingerprint_readable() -> None:
+    from airflow_provider_qwenbatch.client.identity import ShardLabel
+
+    tag = BatchTag(DAG, RUN, "submit", 7)
+    name = tag.ds_name("nightly labels " * 10, fingerprint=_fp(), shard=ShardLabel(2, 41))
+    assert len(name) <= DS_NAME_MAX
+    assert name.endswith(f"{tag.value}-{_fp().value}/r2s41")
+    assert tag.matches(name) and find_tags(name) == [tag.value]
+    assert tag.fingerprint_in(name) == _fp()
+    assert tag.shard_in(name) == ShardLabel(2, 41)
+    # Another task instance's tag does not read this batch's shard or fingerprint.
+    other = BatchTag(DAG, RUN, "submit", 8)
+    assert other.shard_in(name) is None and other.fingerprint_in(name) is None
+    # A whole-input batch has no label.
+    assert tag.shard_in(tag.ds_name(fingerprint=_fp())) is None
+
+
+def test_a_resubmission_round_is_a_new_fingerprint_even_for_the_same_bytes() -> None:
+    base = _fp()
+    assert (
+        InputFingerprint.of_content("a" * 64, endpoint=CHAT, completion_window="24h", model="qwen-plus")
+        == base
+    )
+    rounds = {
+        InputFingerprint.of_content(
+            "a" * 64, endpoint=CHAT, completion_window="24h", model="qwen-plus", round_number=r
+        )
+        for r in (1, 2)
+    }
+    assert len(rounds) == 2 and base not in rounds
+
+
+def test_a_shard_label_is_parsed_or_refused() -> None:
+    from airflow_provider_qwenbatch.client.identity import ShardLabel
+
+    assert ShardLabel.parse("r0s12") == ShardLabel(0, 12)
+    with pytest.raises(ValueError, match="not a shard label"):
+        ShardLabel.parse("s12")

@@ -53,3 +53,46 @@ def test_delete_input_file_without_waiting_is_refused_with_the_reason(tmp_path: 
     error = _parse(tmp_path, "delete_input_file=True, wait_for_completion=False")
     assert "submit: delete_input_file=True needs wait_for_completion=True" in error
     assert _parse(tmp_path, "delete_input_file=True, wait_for_completion=True") == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ("max_lines_per_batch=0", "max_lines_per_batch must be an integer between 1 and 50000, got 0"),
+        (
+            "max_lines_per_batch=50001",
+            "max_lines_per_batch must be an integer between 1 and 50000, got 50001",
+        ),
+        ("max_active_batches=0", "max_active_batches must be an integer between 1 and 1000, got 0"),
+        ("max_active_batches=2000", "max_active_batches must be an integer between 1 and 1000, got 2000"),
+        ("resubmit_failed=-1", "resubmit_failed must be an integer at least 0, got -1"),
+        ("max_input_tokens=True", "max_input_tokens must be an integer at least 1, got True"),
+    ],
+)
+def test_a_count_out_of_range_is_an_import_error_naming_task_argument_and_range(
+    tmp_path: Path, args: str, message: str
+) -> None:
+    dag_file = tmp_path / "user_dag.py"
+    dag_file.write_text(
+        textwrap.dedent(
+            f"""
+            from airflow.sdk import DAG
+            from airflow_provider_qwenbatch.operators.batch import SubmitBatchOperator
+
+            with DAG("user_dag", schedule=None):
+                SubmitBatchOperator(task_id="submit", input_path="/data/in.jsonl", {args})
+            """
+        )
+    )
+    errors = "\n".join(str(e) for e in DagBag(dag_folder=str(dag_file)).import_errors.values())
+    assert f"submit: {message}" in errors
+
+
+def test_sharding_arguments_need_the_input_itself_not_a_file_id(tmp_path: Path) -> None:
+    error = _parse(tmp_path, "max_lines_per_batch=100")
+    assert "max_lines_per_batch, resubmit_failed and max_input_tokens need the input itself" in error
+
+
+def test_resubmit_failed_without_waiting_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="resubmit_failed needs wait_for_completion=True"):
+        SubmitBatchOperator(task_id="t", input_path="/x.jsonl", resubmit_failed=1, wait_for_completion=False)
