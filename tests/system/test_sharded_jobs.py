@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from typing import Any
@@ -202,8 +203,9 @@ def test_sharded_worker_sigkill_retry_creates_only_missing_shards(
     record["scenario"] = "S4 sharded x5 in the worker, SIGKILL, retry (no shard twice)"
     dag_id, run_id = "sys_shard_worker_sigkill", system.new_run_id("shard4")
     _wait_dag(system, dag_id)
-    # 20 lines at 2/s: ~11 s a shard. With 2 unfinished at most, shards 3-5 wait ~11 s for a slot.
-    system.handle.set_config(lines_per_second=2.0)
+    # 20 lines at 1/s: ~21 s a shard, so the retry (~10 s after the kill) finds shards 1-2 still
+    # running: re-attached, they hold both slots, and shards 3-5 wait for them.
+    system.handle.set_config(lines_per_second=1.0)
     try:
         system.api.trigger(dag_id, run_id)
         first = system.emu.wait_run_batches(dag_id, run_id, MAX_ACTIVE_BATCHES, START_TIMEOUT, ANY_STATUS)
@@ -280,7 +282,14 @@ def test_sharded_worker_sigkill_retry_creates_only_missing_shards(
             0.5,
             on_timeout=lambda: log()[-3000:],
         )
+    text = log()
+    record["reattached_as"] = [
+        m.group(1)
+        for b in before_kill
+        if (m := re.search(rf"re-attaches to batch {b['id']} \((\w+)\)", text))
+    ]
     record["note"] = (
-        f"{len(before_kill)} shards at the kill; try 2 created {len(by_try2)}; "
+        f"{len(before_kill)} shards at the kill, re-attached as {record['reattached_as']}; "
+        f"try 2 created {len(by_try2)}; "
         f"peak {peak} unfinished; 5 of 5 completed"
     )
