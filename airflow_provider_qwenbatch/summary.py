@@ -97,13 +97,20 @@ def describe_job_progress(batches: list[Batch], shards: int, total_lines: int | 
     :param total_lines: the input's requests (default: the sum of the batches' own totals).
     """
     done = sum(1 for b in batches if b.status.is_terminal)
+    return f"{done}/{shards} shard batches done; {describe_lines(batches, total_lines)}"
+
+
+def describe_lines(batches: list[Batch], total_lines: int | None = None) -> str:
+    """``lines done/total (pct%), failed F`` over many batches (a job's, in the worker or the trigger).
+
+    :param batches: the batches as last read.
+    :param total_lines: the lines in all (default: the sum of the batches' own totals).
+    """
     lines_done = sum(b.counts.done for b in batches)
     failed = sum(b.counts.failed for b in batches)
     total = total_lines if total_lines is not None else sum(b.counts.total for b in batches)
     pct = (100.0 * lines_done / total) if total else 0.0
-    return (
-        f"{done}/{shards} shard batches done; lines {lines_done}/{total} ({pct:.1f}%), failed so far {failed}"
-    )
+    return f"lines {lines_done}/{total} ({pct:.1f}%), failed {failed}"
 
 
 def job_summary(

@@ -45,27 +45,44 @@ class CompactIdIndex:
         :param key: the ``custom_id``.
         :param default: its 1-based position (at most 4,294,967,295).
         """
+        # (Called once per line of a large input: locals only, the free-slot case first.)
         h = hash(key)
         c = hash("\x1f" + key) & _MASK32
-        hashes, checks, lines, mask = self._hash, self._check, self._line, self._mask
+        lines = self._line
+        mask = self._mask
         i = h & mask
-        while True:
-            first = lines[i]
-            if first == 0:
-                hashes[i] = h
-                checks[i] = c
-                lines[i] = default
-                self._used += 1
-                if self._used > self._limit:
-                    self._grow()
-                return default
-            if hashes[i] == h and checks[i] == c:
+        first = lines[i]
+        while first != 0:
+            if self._hash[i] == h and self._check[i] == c:
                 return first
             i = (i + 1) & mask
+            first = lines[i]
+        self._hash[i] = h
+        self._check[i] = c
+        lines[i] = default
+        used = self._used = self._used + 1
+        if used > self._limit:
+            self._grow()
+        return default
+
+    def reserve(self, count: int) -> None:
+        """Make room for ``count`` ids now, so the table is not regrown (and rehashed) on the way there.
+
+        :param count: how many ids are expected (an estimate; more still fit, the table grows).
+        """
+        bits = self._mask.bit_length()
+        wanted = bits
+        while (1 << wanted) * 7 // 10 < count:
+            wanted += 1
+        if wanted > bits:
+            self._rehash(wanted)
 
     def _grow(self) -> None:
+        self._rehash(self._mask.bit_length() + 1)
+
+    def _rehash(self, bits: int) -> None:
         old = (self._hash, self._check, self._line)
-        self._allocate(self._mask.bit_length() + 1)
+        self._allocate(bits)
         hashes, checks, lines, mask = self._hash, self._check, self._line, self._mask
         for h, c, first in zip(*old, strict=True):
             if first == 0:

@@ -1,322 +1,56 @@
 """Batch input files: build them from request dicts, and validate them in one streaming pass.
 
-Every rule the service checks (and a few it checks late, after billing has begun) is checked
-here before anything is uploaded, and each problem names the file, the 1-based line and the
-rule. Rule codes mirror the server's where it has one (``url_not_found``,
-``mismatched_model``, ``duplicate_custom_id``, ``mismatched_test_url``).
+The rules themselves (limits, the per-line :class:`~.input_rules.Checker`) are in
+:mod:`.input_rules`; this module reads files and request dicts through them, before anything
+is uploaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
-from airflow_provider_qwenbatch.client.billing import (
-    MAX_TOKENS_MESSAGE,
-    THINKING_MESSAGE,
-    InputWarning,
-    thinks_by_default,
+from airflow_provider_qwenbatch.client.errors import InputValidationError, ValidationProblem
+from airflow_provider_qwenbatch.client.input_rules import (
+    DEFAULT_LIMITS,
+    MAX_FILE_BYTES,
+    MAX_LINE_BYTES,
+    MAX_LINES,
+    MAX_PROBLEMS,
+    TEST_MAX_FILE_BYTES,
+    TEST_MAX_LINES,
+    Checker,
+    IdIndex,
+    InputLimits,
+    InputSummary,
 )
-from airflow_provider_qwenbatch.client.errors import InputValidationError, ValidationProblem, position
 from airflow_provider_qwenbatch.client.logs import LoggerLike
-from airflow_provider_qwenbatch.client.models import ENDPOINTS, TEST_ENDPOINT, TEST_MODEL
 
-MAX_FILE_BYTES = 500 * 1024 * 1024
-MAX_LINES = 50_000
-MAX_LINE_BYTES = 6 * 1024 * 1024
-TEST_MAX_FILE_BYTES = 1024 * 1024
-TEST_MAX_LINES = 100
-# Stop collecting after this many problems: the first ones are what a person fixes first.
-MAX_PROBLEMS = 50
-_BOM = b"\xef\xbb\xbf"
-
-
-@dataclass(frozen=True)
-class InputLimits:
-    """The size limits of an input file.
-
-    :param max_bytes: whole file.
-    :param max_lines: request lines.
-    :param max_line_bytes: one line.
-    """
-
-    max_bytes: int = MAX_FILE_BYTES
-    max_lines: int = MAX_LINES
-    max_line_bytes: int = MAX_LINE_BYTES
-
-
-DEFAULT_LIMITS = InputLimits()
-
-
-@dataclass(frozen=True)
-class InputSummary:
-    """What a valid input file holds.
-
-    :param path: the file.
-    :param lines: number of requests.
-    :param bytes: size in bytes.
-    :param model: the one model every line uses.
-    :param endpoint: the endpoint every line calls.
-    :param sha256: hex SHA-256 of the file's bytes, hashed in the same pass (the input fingerprint's base).
-    :param warnings: billing surprises found (see :class:`InputWarning`); log them before upload.
-    """
-
-    path: str
-    lines: int
-    bytes: int
-    model: str | None
-    endpoint: str
-    sha256: str = ""
-    warnings: tuple[InputWarning, ...] = ()
-
-
-class IdIndex(Protocol):
-    """Where the checker remembers each ``custom_id``'s first position (a dict, or a compact table)."""
-
-    def setdefault(self, key: str, default: int, /) -> int:
-        """Remember ``key`` at ``default`` unless known; return its first position."""
-
-
-class _NonFinite(float):
-    """``NaN``/``Infinity`` as read from a file: JSON has no such numbers and the server rejects them."""
-
-
-def _parse_constant(name: str) -> float:
-    return _NonFinite(name)
-
-
-# One decoder for every line: ``json.loads(..., parse_constant=...)`` builds a new one per call,
-# a tenth of the time of a large input's pass.
-_DECODER = json.JSONDecoder(parse_constant=_parse_constant)
-
-
-def _decode(text: str) -> Any:
-    """``json.loads`` without its two whitespace scans in the usual case (same errors otherwise)."""
-    if text[:1].isspace():
-        return _DECODER.decode(text)
-    obj, end = _DECODER.raw_decode(text)
-    if end != len(text) and not text[end:].isspace():
-        return _DECODER.decode(text)  # raises "Extra data" exactly as json.loads does
-    return obj
-
-
-def _non_finite_path(value: Any, path: str) -> str | None:
-    """The dotted path of the first NaN/Infinity inside ``value``, or None."""
-    if isinstance(value, float) and (isinstance(value, _NonFinite) or not math.isfinite(value)):
-        return path
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            found = _non_finite_path(item, f"{path}.{key}" if path else str(key))
-            if found:
-                return found
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            found = _non_finite_path(item, f"{path}[{i}]")
-            if found:
-                return found
-    return None
-
-
-class Checker:
-    """Checks lines one at a time; keeps only the seen ids, never the lines."""
-
-    def __init__(
-        self,
-        source: str,
-        endpoint: str,
-        limits: InputLimits,
-        unit: str = "line",
-        *,
-        strict_cost: bool = False,
-        seen: IdIndex | None = None,
-    ) -> None:
-        self.source = source
-        self.unit = unit
-        self.endpoint = endpoint
-        self.limits = limits
-        self.strict_cost = strict_cost
-        self.problems: list[ValidationProblem] = []
-        self.truncated = False
-        self.seen: IdIndex = {} if seen is None else seen
-        # rule -> [first position, count, field, message]: one warning per rule, never one per line.
-        self.notes: dict[str, list[Any]] = {}
-        self.model: str | None = None
-        self.model_line = 0
-        self.lines = 0
-        self.bytes = 0
-        if endpoint not in ENDPOINTS:
-            self.add(None, "invalid_endpoint", f"endpoint {endpoint!r} is not one of {', '.join(ENDPOINTS)}")
-
-    def add(self, line: int | None, rule: str, message: str, field: str | None = None) -> None:
-        """Record one problem (the first :data:`MAX_PROBLEMS` are kept)."""
-        if len(self.problems) >= MAX_PROBLEMS:
-            self.truncated = True
-            return
-        self.problems.append(ValidationProblem(line, rule, message, field))
-
-    def check_raw(self, n: int, raw: bytes) -> None:
-        """Check one physical line (without its newline)."""
-        if n == 1 and raw.startswith(_BOM):
-            self.add(
-                n, "utf8_bom", "the file starts with a UTF-8 byte-order mark; save it as UTF-8 without BOM"
-            )
-            return
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            self.add(n, "invalid_encoding", f"not valid UTF-8 at byte {exc.start} of the line")
-            return
-        if not text.strip():
-            self.add(n, "empty_line", "blank line; every line must be one JSON request")
-            return
-        try:
-            obj = _decode(text)
-        except ValueError as exc:
-            self.add(n, "invalid_json", f"not valid JSON: {exc}")
-            return
-        # Python reads NaN/Infinity; the server does not. Only walk the line when one was read.
-        if ("NaN" in text or "Infinity" in text) and self.check_finite(n, obj):
-            return
-        self.check_request(n, obj)
-
-    def check_finite(self, n: int, obj: Any) -> bool:
-        """Report a NaN/Infinity number (not valid JSON); returns whether one was found."""
-        path = _non_finite_path(obj, "")
-        if path is None:
-            return False
-        self.add(
-            n,
-            "invalid_number",
-            f"{path} is NaN or Infinity, which is not valid JSON and the server rejects it; use a number or null",
-            path,
-        )
-        return True
-
-    def check_request(self, n: int, obj: Any) -> None:
-        """Check one decoded request against the API's rules."""
-        if not isinstance(obj, dict):
-            self.add(n, "invalid_request", f"a line must be a JSON object, got {type(obj).__name__}")
-            return
-        cid = obj.get("custom_id")
-        if cid is None or cid == "":
-            self.add(n, "missing_custom_id", "custom_id is missing or empty", "custom_id")
-        elif not isinstance(cid, str):
-            self.add(
-                n, "invalid_custom_id", f"custom_id must be a string, got {type(cid).__name__}", "custom_id"
-            )
-        else:
-            first = self.seen.setdefault(cid, n)
-            if first != n:
-                self.add(
-                    n,
-                    "duplicate_custom_id",
-                    f"custom_id {cid!r} already used on {position(first, self.unit)}",
-                    "custom_id",
-                )
-        method = obj.get("method")
-        if method != "POST":
-            self.add(n, "invalid_method", f"method must be 'POST', got {method!r}", "method")
-        url = obj.get("url")
-        if url not in ENDPOINTS:
-            self.add(n, "url_not_found", f"url {url!r} is not supported by the Batch API", "url")
-        elif url != self.endpoint:
-            self.add(
-                n, "mismatched_url", f"url {url!r} differs from the batch endpoint {self.endpoint!r}", "url"
-            )
-        body = obj.get("body")
-        if not isinstance(body, dict):
-            self.add(n, "invalid_body", f"body must be a JSON object, got {type(body).__name__}", "body")
-            return
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            self.add(n, "missing_model", "body.model is missing or not a string", "body.model")
-            return
-        self.check_cost(n, model, body)
-        if self.model is None:
-            self.model, self.model_line = model, n
-        elif model != self.model:
-            self.add(
-                n,
-                "mismatched_model",
-                f"model {model!r} differs from {self.model!r} on {position(self.model_line, self.unit)}; one model per file",
-                "body.model",
-            )
-        is_test_model = model == TEST_MODEL
-        if is_test_model != (self.endpoint == TEST_ENDPOINT):
-            self.add(
-                n,
-                "mismatched_test_url",
-                f"model {TEST_MODEL!r} goes only with endpoint {TEST_ENDPOINT!r}, and that endpoint only "
-                f"with that model (got model {model!r}, endpoint {self.endpoint!r})",
-                "url",
-            )
-
-    def check_cost(self, n: int, model: str, body: Mapping[str, Any]) -> None:
-        """Note the billing surprises of one request body (warnings, not errors)."""
-        if "enable_thinking" not in body and self.endpoint != "/v1/embeddings" and thinks_by_default(model):
-            self.note(n, "thinking_default_on", THINKING_MESSAGE.format(model=model), "body.enable_thinking")
-        if "max_tokens" in body:
-            self.note(n, "deprecated_max_tokens", MAX_TOKENS_MESSAGE, "body.max_tokens")
-
-    def note(self, n: int, rule: str, message: str, field: str) -> None:
-        """Count one request that has a billing surprise (the first one's position is kept)."""
-        entry = self.notes.get(rule)
-        if entry is None:
-            self.notes[rule] = [n, 1, field, message]
-        else:
-            entry[1] += 1
-
-    @property
-    def warnings(self) -> tuple[InputWarning, ...]:
-        """The billing warnings noted so far, one per rule."""
-        return tuple(
-            InputWarning(rule, message, first, count, field)
-            for rule, (first, count, field, message) in self.notes.items()
-        )
-
-    def finish(self, *, whole_file: bool = True) -> None:
-        """Whole-file rules, after the last line.
-
-        :param whole_file: check the per-file size limits (False when the input is split into batches
-            that each keep them).
-        """
-        if self.strict_cost:
-            for warning in self.warnings:
-                self.add(
-                    warning.first_line,
-                    warning.rule,
-                    f"{warning.message} ({warning.count} in all; refused because strict_cost is set)",
-                    warning.field,
-                )
-        if self.lines == 0:
-            self.add(None, "empty_file", "the input has no request lines")
-        if whole_file:
-            self.check_file_limits()
-        if self.problems:
-            raise InputValidationError(self.source, self.problems, truncated=self.truncated, unit=self.unit)
-
-    def check_file_limits(self) -> None:
-        """The per-file size limits (the API's, and the test model's)."""
-        limits = self.limits
-        if self.model == TEST_MODEL:
-            if self.lines > TEST_MAX_LINES:
-                self.add(
-                    None,
-                    "too_many_lines",
-                    f"{TEST_MODEL} takes at most {TEST_MAX_LINES} lines, got {self.lines}",
-                )
-            if self.bytes > TEST_MAX_FILE_BYTES:
-                self.add(None, "file_too_large", f"{TEST_MODEL} takes at most 1 MB, got {self.bytes} bytes")
-        if self.lines > limits.max_lines:
-            self.add(None, "too_many_lines", f"at most {limits.max_lines} lines per file, got {self.lines}")
-        if self.bytes > limits.max_bytes:
-            self.add(None, "file_too_large", f"at most {limits.max_bytes} bytes per file, got {self.bytes}")
+# The limits and the checker live in input_rules; callers keep importing them from here.
+__all__ = [
+    "DEFAULT_LIMITS",
+    "MAX_FILE_BYTES",
+    "MAX_LINES",
+    "MAX_LINE_BYTES",
+    "MAX_PROBLEMS",
+    "TEST_MAX_FILE_BYTES",
+    "TEST_MAX_LINES",
+    "Checker",
+    "IdIndex",
+    "InputLimits",
+    "InputSummary",
+    "encode_request",
+    "log_input_warnings",
+    "open_input",
+    "scan_lines",
+    "validate_jsonl_file",
+    "warn_if_model_not_in_region",
+    "write_jsonl",
+]
 
 
 def validate_jsonl_file(
@@ -380,43 +114,50 @@ def scan_lines(
     :param on_request: called after each request line is checked, with its position and its bytes
         as read (newline included when the file has one): a splitter writes them out unchanged.
     """
-    limits = checker.limits
-    n = 0
-    while True:
-        raw = fh.readline(limits.max_line_bytes + 2)
-        if not raw:
-            break
-        if hash_bytes is not None:
-            hash_bytes(raw)
-        n += 1
-        checker.bytes += len(raw)
-        if not raw.endswith(b"\n") and len(raw) > limits.max_line_bytes:
-            # Over-long line: skip the rest of it without holding it in memory.
-            extra = _skip_rest_of_line(fh, hash_bytes)
-            checker.bytes += extra
-            checker.add(
-                n, "line_too_large", f"line is {len(raw) + extra} bytes; at most {limits.max_line_bytes}"
-            )
-            checker.lines += 1
-            continue
-        line = raw.rstrip(b"\r\n")
-        if len(line) > limits.max_line_bytes:
-            checker.add(n, "line_too_large", f"line is {len(line)} bytes; at most {limits.max_line_bytes}")
-            checker.lines += 1
-            continue
-        if not line.strip():
-            tail = _blank_rest(fh)
-            if tail is not None:
-                # Trailing blank lines at the end of a file are harmless (but still bytes of it).
-                for chunk in tail:
-                    if hash_bytes is not None:
-                        hash_bytes(chunk)
-                    checker.bytes += len(chunk)
+    # The hot loop of every pass over a file: locals, not attributes; counts written back at the end.
+    max_line = checker.limits.max_line_bytes
+    readline = fh.readline
+    check = checker.check_raw
+    n = lines = 0
+    total = checker.bytes
+    try:
+        while True:
+            raw = readline(max_line + 2)
+            if not raw:
                 break
-        checker.lines += 1
-        checker.check_raw(n, line)
-        if on_request is not None:
-            on_request(n, raw)
+            if hash_bytes is not None:
+                hash_bytes(raw)
+            n += 1
+            total += len(raw)
+            if len(raw) > max_line:
+                if not raw.endswith(b"\n"):
+                    # Over-long line: skip the rest of it without holding it in memory.
+                    extra = _skip_rest_of_line(fh, hash_bytes)
+                    total += extra
+                    checker.add(n, "line_too_large", f"line is {len(raw) + extra} bytes; at most {max_line}")
+                    lines += 1
+                    continue
+                length = len(raw.rstrip(b"\r\n"))
+                if length > max_line:
+                    checker.add(n, "line_too_large", f"line is {length} bytes; at most {max_line}")
+                    lines += 1
+                    continue
+            if raw.isspace():  # (the same bytes as ``not raw.strip()``, without the copy)
+                tail = _blank_rest(fh)
+                if tail is not None:
+                    # Trailing blank lines at the end of a file are harmless (but still bytes of it).
+                    for chunk in tail:
+                        if hash_bytes is not None:
+                            hash_bytes(chunk)
+                        total += len(chunk)
+                    break
+            lines += 1
+            check(n, raw)
+            if on_request is not None:
+                on_request(n, raw)
+    finally:
+        checker.lines += lines
+        checker.bytes = total
 
 
 def _skip_rest_of_line(fh: IO[bytes], hash_bytes: Callable[[bytes], object] | None) -> int:

@@ -7,6 +7,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from pydantic_core import from_json
+
 from airflow_provider_qwenbatch.client.models import BatchResultLine
 
 
@@ -159,16 +161,31 @@ def is_retryable(line: BatchResultLine, *, retry_cancelled: bool = True) -> bool
     return retry_cancelled and cause == "cancelled"
 
 
+def _parse(raw: bytes | str) -> Any:
+    """The line's JSON value, or None when it is not JSON.
+
+    pydantic-core's ``from_json`` (Rust) reads a result line about 5x faster than :mod:`json`;
+    what it refuses (a lone surrogate escape, nesting over 200 levels, a BOM, UTF-16...) is read
+    by :mod:`json` as before, so the value, and the judgement, are the same either way.
+    """
+    try:
+        # Keys only: caching values would keep thousands of (unique) ids alive, and be slower.
+        return from_json(raw, cache_strings="keys")
+    except ValueError:
+        pass
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
 def _plain_success(raw: bytes | str) -> LineOutcome | None:
     """The common case, judged without building the pydantic model: HTTP 200, no error, plain usage.
 
     Anything else (or anything unusual) returns None and goes through :class:`BatchResultLine`,
     so the rule stays the model's ``ok``; this only skips building it for ordinary successes.
     """
-    try:
-        d = json.loads(raw)
-    except ValueError:
-        return None
+    d = _parse(raw)
     if type(d) is not dict or d.get("error") is not None:
         return None
     cid, response = d.get("custom_id"), d.get("response")

@@ -15,7 +15,6 @@ the input's size.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from airflow_provider_qwenbatch.client.billing import InputWarning
+from airflow_provider_qwenbatch.client.hashed_file import HashedFile
 from airflow_provider_qwenbatch.client.identity import InputFingerprint
 from airflow_provider_qwenbatch.client.idtable import CompactIdIndex
 from airflow_provider_qwenbatch.client.jsonl import (
@@ -40,6 +40,12 @@ from airflow_provider_qwenbatch.client.jsonl import (
 )
 from airflow_provider_qwenbatch.client.logs import LoggerLike
 from airflow_provider_qwenbatch.client.models import TEST_MODEL
+
+# The id table is sized from the lines in the first bytes of a file (see _reserve_ids).
+_SAMPLE_BYTES = 256 * 1024
+# Lines are gathered into chunks of about this size, each written and hashed in one call: two
+# calls per line were a tenth of a large split.
+_CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -149,66 +155,78 @@ class _ShardWriter:
         self.max_lines_per_batch = max_lines_per_batch
         self.shards: list[Shard] = []
         self.created: list[Path] = []
-        self._fh: IO[bytes] | None = None
-        self._digest = hashlib.sha256()
+        self._fh: HashedFile | None = None
+        self._buf = bytearray()
         self._lines = 0
         self._bytes = 0
         self._first = 0
         self._last = 0
         self._caps: tuple[str | None, int, int] | None = None
 
-    def _limits(self) -> tuple[int, int]:
+    def _limits(self) -> tuple[str | None, int, int]:
         model = self.checker.model
         if self._caps is None or self._caps[0] != model:
             self._caps = (model, *shard_limits(model, self.limits, self.max_lines_per_batch))
-        return self._caps[1], self._caps[2]
+        return self._caps
 
     def add(self, n: int, data: bytes) -> None:
         """Place one request line read at original position ``n`` (a missing final newline is added)."""
-        if self.checker.problems:
+        checker = self.checker
+        if checker.problems:
             # The input is refused anyway: keep checking, stop writing.
             return
         if not data.endswith(b"\n"):
             data += b"\n"
+        size = len(data)
         caps = self._caps
-        if caps is None or caps[0] is not self.checker.model:
-            self._limits()
-            caps = self._caps
-            assert caps is not None
+        if caps is None or caps[0] is not checker.model:
+            caps = self._limits()
         _, max_lines, max_bytes = caps
-        if len(data) > max_bytes:
-            self.checker.add(
+        if size > max_bytes:
+            checker.add(
                 n,
                 "line_too_large",
-                f"line is {len(data)} bytes; one batch of this model holds at most {max_bytes}",
+                f"line is {size} bytes; one batch of this model holds at most {max_bytes}",
             )
             return
-        if self._fh is None or self._lines >= max_lines or self._bytes + len(data) > max_bytes:
-            self._close()
-            number = len(self.shards) + 1
-            path = self.folder / f"shard-{number:05d}.jsonl"
-            self.created.append(path)
-            self._fh = path.open("wb")
-            self._digest = hashlib.sha256()
-            self._lines = self._bytes = 0
-            self._first = n
-        self._fh.write(data)
-        self._digest.update(data)
+        if self._fh is None or self._lines >= max_lines or self._bytes + size > max_bytes:
+            self._start(n)
+        buf = self._buf
+        buf += data
+        if len(buf) >= _CHUNK:
+            self._flush()
         self._lines += 1
-        self._bytes += len(data)
+        self._bytes += size
         self._last = n
+
+    def _start(self, n: int) -> None:
+        self._close()
+        number = len(self.shards) + 1
+        path = self.folder / f"shard-{number:05d}.jsonl"
+        self.created.append(path)
+        self._fh = HashedFile(path)
+        self._lines = self._bytes = 0
+        self._first = n
+
+    def _flush(self) -> None:
+        # The chunk is handed over (written and hashed in the HashedFile's thread), not copied.
+        assert self._fh is not None
+        if self._buf:
+            self._fh.write(self._buf)
+            self._buf = bytearray()
 
     def _close(self) -> None:
         if self._fh is None:
             return
-        self._fh.close()
+        self._flush()
+        sha256 = self._fh.close()
         summary = InputSummary(
-            self._fh.name if isinstance(self._fh.name, str) else os.fsdecode(self._fh.name),
+            os.fspath(self._fh.path),
             self._lines,
             self._bytes,
             self.checker.model,
             self.endpoint,
-            self._digest.hexdigest(),
+            sha256,
         )
         self.shards.append(Shard(len(self.shards) + 1, summary, self._first, self._last))
         self._fh = None
@@ -228,9 +246,27 @@ class _ShardWriter:
         return self.shards
 
     def abort(self) -> None:
+        self._buf = bytearray()
         if self._fh is not None:
-            self._fh.close()
+            self._fh.abort()
             self._fh = None
+
+
+def _reserve_ids(index: CompactIdIndex, fh: IO[bytes]) -> None:
+    """Size the id table for the whole file from the lines in its first bytes.
+
+    Growing it one doubling at a time rehashes every id about twice over (a twentieth of a large
+    split) and holds the old and the new table at once at each step. The estimate is capped so
+    that the table reserved stays under about 1/16 of the file's size (16 bytes a slot).
+    """
+    size = os.fstat(fh.fileno()).st_size
+    sample = fh.read(_SAMPLE_BYTES)
+    fh.seek(0)
+    newlines = sample.count(b"\n")
+    if newlines == 0 or len(sample) == size:
+        return
+    estimate = size * newlines // len(sample)
+    index.reserve(min(estimate, size // 32 // 16 * 7 // 10))
 
 
 def _run(
@@ -304,6 +340,8 @@ def split_jsonl_file(
 
     def feed(checker: Checker, writer: _ShardWriter) -> None:
         with open_input(local, name) as fh:
+            if isinstance(checker.seen, CompactIdIndex):
+                _reserve_ids(checker.seen, fh)
             scan_lines(fh, checker, None, writer.add)
 
     return _run(name, endpoint, folder, limits, max_lines_per_batch, "line", strict_cost, feed, logger)

@@ -43,7 +43,7 @@ from airflow_provider_qwenbatch.client.models import Batch
 from airflow_provider_qwenbatch.client.status import BatchStatus
 from airflow_provider_qwenbatch.exceptions import BatchEventError
 from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
-from airflow_provider_qwenbatch.summary import batch_summary, describe_end
+from airflow_provider_qwenbatch.summary import batch_summary, describe_end, describe_lines
 from airflow_provider_qwenbatch.triggers._lifecycle import (
     FATAL_POLL_ERRORS,
     MAX_FAILED_POLLS,
@@ -130,9 +130,8 @@ def _totals(batches: Iterable[Batch]) -> tuple[int, int, int]:
 
 
 def _lines(batches: Iterable[Batch]) -> str:
-    done, total, failed = _totals(batches)
-    pct = 100.0 * done / total if total else 0.0
-    return f"lines {done}/{total} ({pct:.1f}%), failed {failed}"
+    # The one rendering of a job's lines, shared with the worker's wait (summary.describe_lines).
+    return describe_lines(list(batches))
 
 
 class BatchesProgress:
@@ -331,5 +330,5 @@ class BatchesStatusTrigger(BatchWatchTrigger):
         outcomes = await asyncio.gather(
             *(acancel_quietly(client, i, budget=budget, logger=self.log) for i in unfinished)
         )
-        self.log.info("Cancelled %d batches on kill: %s", len(outcomes), describe_outcomes(outcomes))
+        self.log.info("Kill: cancel of %d unfinished batches: %s", len(outcomes), describe_outcomes(outcomes))
         return list(outcomes)

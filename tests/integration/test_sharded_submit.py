@@ -259,3 +259,34 @@ def test_resubmit_failed_with_nothing_to_resend_runs_one_round(emu: EmulatorHand
         context_for(StubTI())
     )
     assert summary["rounds"] == 1 and summary["status"] == "completed" and len(_creates(emu)) == 2
+
+
+def test_submit_then_download_gives_every_custom_id_once_with_its_last_outcome(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """The real job summary of a 3-shard job with a resubmission round, merged by the download operator."""
+    from airflow_provider_qwenbatch.operators.batch import DownloadBatchResultsOperator
+
+    emu.set_config(line_error_rate=0.3, transient_line_errors=True)
+    rows = chat_requests(15)
+    ti = StubTI()
+    job = _submit(requests=rows, max_lines_per_batch=5, resubmit_failed=2).execute(context_for(ti))
+    assert job["rounds"] >= 2
+    summary = DownloadBatchResultsOperator(
+        task_id="download", job=job, destination=str(tmp_path / "out")
+    ).execute(context_for(StubTI(task_id="download")))
+    out = [json.loads(line) for line in (tmp_path / "out" / "output.jsonl").read_text().splitlines()]
+    err_file = tmp_path / "out" / "errors.jsonl"
+    errs = [json.loads(line) for line in err_file.read_text().splitlines()] if err_file.exists() else []
+    ids = [r["custom_id"] for r in out + errs]
+    assert sorted(ids) == sorted(r["custom_id"] for r in rows), "each custom_id exactly once"
+    assert summary["lines"] == 15 and summary["succeeded"] == len(out)
+    # The last round decides: a request that failed in round 0 and succeeded later is a success.
+    first_failed = {
+        line["custom_id"]
+        for b in emu.batches(lines=True)
+        if b["batch"]["id"] in {s["batch_id"] for s in job["shards"] if s["round"] == 0}
+        for line in b["results"]
+        if line["outcome"] == "error"
+    }
+    assert first_failed & {r["custom_id"] for r in out}, "some round-0 failures succeeded on resubmission"

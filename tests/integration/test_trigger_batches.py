@@ -135,7 +135,7 @@ async def test_user_kill_cancels_every_unfinished_batch_concurrently(
     assert _cancels(emulator, quick) == []  # it had ended: nothing to cancel
     for batch_id in slow:
         await _until(lambda b=batch_id: status_of(emulator, b) == "cancelled", what=f"{batch_id} cancelled")
-    assert "Cancelled 3 batches on kill: 3 cancel_requested" in logs.text
+    assert "Kill: cancel of 3 unfinished batches: 3 cancel_requested" in logs.text
     assert _events(harness) == []
 
 
@@ -174,6 +174,23 @@ async def test_triggerer_restart_cancels_no_batch(
         harness.task.cancel()  # what a triggerer shutdown does
         await harness.finished()
         await asyncio.sleep(1.0)
+    assert all(_cancels(emulator, i) == [] for i in ids)
+    assert all(status_of(emulator, i) in IN_FLIGHT for i in ids)
+
+
+async def test_cancel_on_kill_false_leaves_every_batch(
+    emulator: EmulatorHandle, tmp_path: Path, logs: Logs
+) -> None:
+    emulator.set_config(lines_per_second=20.0)
+    ids = await _batches(emulator, tmp_path, 2000, 2000)
+    ti = task_instance()
+    async with supervisor_for(ti, state="failed"):
+        trigger = BatchesStatusTrigger(batch_ids=ids, poll_interval=0.2, cancel_on_kill=False)
+        harness = RunnerHarness(trigger, ti)
+        await _until(lambda: _all_polled(emulator, ids), what="the trigger's first poll")
+        await harness.cancel_until_done()
+        await harness.finished()
+        await asyncio.sleep(0.5)
     assert all(_cancels(emulator, i) == [] for i in ids)
     assert all(status_of(emulator, i) in IN_FLIGHT for i in ids)
 

@@ -207,6 +207,18 @@ def test_compact_id_index_behaves_like_a_dict() -> None:
     assert len(index) == len(ref) == 15_000
 
 
+def test_compact_id_index_keeps_every_id_when_reserved_mid_way() -> None:
+    index, ref = CompactIdIndex(), {}
+    for n in range(1, 5_001):
+        assert index.setdefault(f"id-{n}", n) == ref.setdefault(f"id-{n}", n)
+    index.reserve(200_000)
+    index.reserve(10)  # never shrinks
+    for n in range(1, 20_001):
+        key = f"id-{n % 12_000}"
+        assert index.setdefault(key, 100_000 + n) == ref.setdefault(key, 100_000 + n)
+    assert len(index) == len(ref)
+
+
 def test_memory_does_not_grow_with_the_input(tmp_path: Path) -> None:
     """A ~50 MB input splits with a few MB of Python allocations (the id table is 16 bytes a slot)."""
     src = tmp_path / "big.jsonl"
