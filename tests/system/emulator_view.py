@@ -12,6 +12,11 @@ from tests.system.stack import poll
 _END_STAMPS = ("completed_at", "failed_at", "expired_at", "cancelled_at")
 
 
+def _ended_second(batch: dict[str, Any]) -> int | None:
+    stamps = [int(batch[key]) for key in _END_STAMPS if batch.get(key)]
+    return min(stamps) if stamps else None
+
+
 class EmulatorView:
     """Read-only helpers over the emulator's admin API.
 
@@ -97,9 +102,22 @@ class EmulatorView:
 
     def ended_second(self, batch_id: str) -> int | None:
         """The Unix second the batch ended (completed, failed, expired or cancelled), or None."""
-        batch = self.batch(batch_id)
-        stamps = [int(batch[key]) for key in _END_STAMPS if batch.get(key)]
-        return min(stamps) if stamps else None
+        return _ended_second(self.batch(batch_id))
+
+    def other_batches_unfinished_since(self, batch_ids: set[str], since: float) -> list[str]:
+        """Ids of the emulator's batches, outside ``batch_ids``, that may have been unfinished after ``since``.
+
+        :param batch_ids: the batches to leave out (e.g. one task's).
+        :param since: a Unix time.
+        """
+        found = []
+        for state in self.handle.batches(lines=False):
+            batch = state["batch"]
+            end = _ended_second(batch)
+            # Ends are whole seconds: one stamped in the second of ``since`` may have come after it.
+            if batch["id"] not in batch_ids and (end is None or end + 1 > since):
+                found.append(str(batch["id"]))
+        return found
 
     def last_seq(self) -> int:
         """The ``seq`` of the newest request in the emulator's log (0: none yet)."""

@@ -75,18 +75,6 @@ def _ds_name(batch: dict[str, Any]) -> str:
     return str((batch.get("metadata") or {}).get("ds_name") or "")
 
 
-def _all_batches(system: System) -> list[dict[str, Any]]:
-    return [state["batch"] for state in system.handle.batches(lines=False)]
-
-
-def _maybe_unfinished(batch: dict[str, Any], since: float) -> bool:
-    """Whether the batch may have been unfinished at some moment after ``since`` (ends are whole seconds)."""
-    ends = [
-        int(batch[k]) for k in ("completed_at", "failed_at", "expired_at", "cancelled_at") if batch.get(k)
-    ]
-    return not ends or min(ends) + 1 > since
-
-
 def _assert_shards_completed(summary: dict[str, Any], batch_ids: set[str]) -> None:
     """The job summary names exactly the run's batches, one per 20-line shard, each completed."""
     assert summary.get("kind") == "sharded", summary
@@ -262,7 +250,7 @@ def test_sharded_worker_sigkill_retry_creates_only_missing_shards(
     at_create = [int(e["unfinished"]) for e in creates]
     record["unfinished_at_each_create"] = at_create
     first_create = min(float(e["wall"]) for e in creates)
-    others = [b for b in _all_batches(system) if b["id"] not in ids and _maybe_unfinished(b, first_create)]
+    others = system.emu.other_batches_unfinished_since(ids, first_create)
     if not others:
         assert max(at_create) <= MAX_ACTIVE_BATCHES, at_create
     else:
