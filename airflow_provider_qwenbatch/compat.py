@@ -14,6 +14,8 @@ name                         before                           from
 ``AirflowException`` & co.   ``airflow.exceptions``           ``airflow.sdk.exceptions`` (3.2)
 ``aread_connection``         ``sync_to_async`` (3.0)          ``BaseHook.aget_connection``
                                                               (3.1)
+``determine_kwargs``         ``airflow.utils.operator_        ``airflow.sdk.bases.
+                             helpers`` (3.0/3.1)              decorator`` (3.2)
 ===========================  ===============================  ===========================
 
 The task-instance state query of the trigger's kill decision lives here too
@@ -48,6 +50,7 @@ __all__ = [
     "aread_connection",
     "conf",
     "dag_bag_class",
+    "determine_kwargs",
     "ensure_sync_sdk_portal",
     "loaded_plugin_errors",
     "mask_secret",
@@ -92,6 +95,23 @@ if TYPE_CHECKING or AIRFLOW_V_3_1_PLUS:
     from airflow.sdk import BaseHook
 else:  # Airflow 3.0: BaseHook is still core's.
     from airflow.hooks.base import BaseHook
+
+
+def determine_kwargs(func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """The keyword arguments of ``kwargs`` that ``func`` takes (all of them if it has ``**kwargs``).
+
+    What TaskFlow passes a decorated function: its own ``op_kwargs`` merged into the context,
+    filtered by the function's signature. Imported on first use (only a running task needs it).
+
+    :param func: the callable.
+    :param args: its positional arguments (a keyword they already bind is refused).
+    :param kwargs: the candidates (the context, with ``op_kwargs`` merged in).
+    """
+    if TYPE_CHECKING or AIRFLOW_V_3_2_PLUS:
+        from airflow.sdk.bases.decorator import determine_kwargs as _determine_kwargs
+    else:  # Airflow 3.0/3.1: still core's
+        from airflow.utils.operator_helpers import determine_kwargs as _determine_kwargs
+    return _determine_kwargs(func, args, kwargs)
 
 
 async def aread_connection(hook: Any, conn_id: str, read: Callable[[Any], T]) -> T:

@@ -10,7 +10,7 @@ DOCUMENTATION_URL = "https://pypi.org/project/airflow-provider-qwenbatch/"
 
 
 def get_provider_info() -> dict[str, Any]:
-    """Return the provider's metadata: hooks, connection type and its UI fields, links, config."""
+    """Return the provider's metadata: hooks, connection type and its UI fields, TaskFlow decorator, links, config."""
     return {
         "package-name": "airflow-provider-qwenbatch",
         "name": "Qwen Batch (DashScope)",
@@ -99,6 +99,13 @@ def get_provider_info() -> dict[str, Any]:
                         "schema": {"type": ["integer", "null"], "default": 5},
                     },
                 },
+            }
+        ],
+        # `from airflow.sdk import task; @task.qwen_batch` (ProvidersManager's taskflow decorators).
+        "task-decorators": [
+            {
+                "name": "qwen_batch",
+                "class-name": "airflow_provider_qwenbatch.decorators.qwen_batch.qwen_batch_task",
             }
         ],
         "extra-links": ["airflow_provider_qwenbatch.links.QwenBatchConsoleLink"],

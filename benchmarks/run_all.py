@@ -5,7 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["import_cost", "api_economy", "triggerer_scale", "abort_latency", "streaming"]
+BENCHMARKS = [
+    "import_cost",
+    "api_economy",
+    "triggerer_scale",
+    "abort_latency",
+    "streaming",
+    "trigger_kill_many",
+    "large_job",
+]
 
 
 def main() -> None:

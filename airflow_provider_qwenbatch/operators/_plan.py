@@ -32,6 +32,7 @@ def plan_input(
     strict_cost: bool,
     max_input_tokens: int | None,
     logger: LoggerLike,
+    requests_source: str | None = None,
 ) -> ShardPlan | None:
     """Validate and split the operator's input, and check the token cap: everything before an upload.
 
@@ -43,6 +44,7 @@ def plan_input(
     :param strict_cost: refuse billing surprises instead of warning.
     :param max_input_tokens: refuse above this many estimated prompt tokens.
     :param logger: the task log.
+    :param requests_source: how errors name the request dicts (default: the ``requests`` argument).
     :returns: the plan, or ``None`` when the input is neither (an ``input_file_id``, never read).
     :raises BatchInputError: naming the file and line (or request position) of each problem.
     """
@@ -56,6 +58,7 @@ def plan_input(
                 max_lines_per_batch=max_lines_per_batch,
                 strict_cost=strict_cost,
                 logger=logger,
+                source=requests_source,
             )
         elif input_path is not None:
             plan = plan_path(
@@ -83,6 +86,7 @@ def plan_requests(
     max_lines_per_batch: int | None,
     strict_cost: bool,
     logger: LoggerLike,
+    source: str | None = None,
 ) -> ShardPlan:
     """Validate request dicts (consumed once, never all in memory) and split them into shards.
 
@@ -91,12 +95,13 @@ def plan_requests(
     :param max_lines_per_batch: the user's cap on lines per shard.
     :param strict_cost: refuse billing surprises instead of warning.
     :param logger: the task log.
+    :param source: how errors name the input (default: the operator's ``requests`` list).
     """
     plan = split_requests(
         requests,
         endpoint,
         max_lines_per_batch=max_lines_per_batch,
-        source=REQUESTS_SOURCE,
+        source=source or REQUESTS_SOURCE,
         strict_cost=strict_cost,
         logger=logger,
     )

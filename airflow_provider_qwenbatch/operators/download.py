@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, XComArg
 
     from airflow_provider_qwenbatch.client.cost import PriceTable
+    from airflow_provider_qwenbatch.client.logs import LoggerLike
+    from airflow_provider_qwenbatch.client.models import Batch
+    from airflow_provider_qwenbatch.client.results import ResultCounts
     from airflow_provider_qwenbatch.client.sync import BatchClient
     from airflow_provider_qwenbatch.lineage import Lineage
 
@@ -151,9 +155,6 @@ class DownloadBatchResultsOperator(QwenBatchBaseOperator):
         """Download, count, check the thresholds, then optionally delete the remote files."""
         if self.job is not None:
             return self._execute_job(context)
-        from airflow_provider_qwenbatch.client.results import ResultCounts, count_results
-        from airflow_provider_qwenbatch.inputs import store_file
-
         assert self.batch_id is not None  # one of batch_id and job, checked in __init__
         client = self._client()
         with client, as_airflow_errors():
@@ -162,59 +163,14 @@ class DownloadBatchResultsOperator(QwenBatchBaseOperator):
                 raise QwenBatchAirflowError(
                     f"{self.task_id}: batch {batch.id} is still {batch.status.value}; wait for it first"
                 )
-            totals = ResultCounts()
-            paths: dict[str, str | None] = {"output_path": None, "error_path": None}
-            files = [
-                ("output_path", batch.output_file_id, "output.jsonl"),
-                ("error_path", batch.error_file_id, "errors.jsonl"),
-            ]
-            with tempfile.TemporaryDirectory(prefix="qwenbatch-results-") as tmp:
-                for key, file_id, name in files:
-                    if not file_id:
-                        continue
-                    local = Path(tmp) / name
-                    client.download_file(file_id, local)
-                    # The temporary file is private (0600); the stored result follows the umask.
-                    apply_umask(local)
-                    counts = count_results(local)
-                    self.log.info(
-                        "%s: %d lines, %d succeeded, %d failed",
-                        name,
-                        counts.lines,
-                        counts.succeeded,
-                        counts.failed,
-                    )
-                    totals.add(counts)
-                    paths[key] = store_file(
-                        local, f"{self.destination.rstrip('/')}/{batch.id}", self.destination_conn_id
-                    )
-            summary: dict[str, Any] = {
-                "batch_id": batch.id,
-                "status": batch.status.value,
-                **paths,
-                "lines": totals.lines,
-                "succeeded": totals.succeeded,
-                "failed": totals.failed,
-                "tokens": {
-                    "prompt": totals.prompt_tokens,
-                    "completion": totals.completion_tokens,
-                    "total": totals.total_tokens,
-                },
-                "failed_examples": totals.failed_examples,
-                "deleted_files": [],
-            }
-            self.log.info(
-                "Batch %s results: %d lines, %d succeeded, %d failed, %d tokens",
-                batch.id,
-                totals.lines,
-                totals.succeeded,
-                totals.failed,
-                totals.total_tokens,
+            summary, totals = download_batch_results(
+                client, batch, self.destination, destination_conn_id=self.destination_conn_id, logger=self.log
             )
+            files = [batch.output_file_id, batch.error_file_id]
             self._lineage = {
                 "batch_id": batch.id,
-                "remote_file_ids": [f for _, f, _ in files if f],
-                "stored": [paths["output_path"], paths["error_path"]],
+                "remote_file_ids": [f for f in files if f],
+                "stored": [summary["output_path"], summary["error_path"]],
             }
             check_failure_thresholds(
                 f"{self.task_id}: batch {batch.id}",
@@ -226,7 +182,7 @@ class DownloadBatchResultsOperator(QwenBatchBaseOperator):
             )
             self._emit_asset_extra(context, summary)
             if self.delete_remote_files:
-                summary["deleted_files"] = self._delete(client, [f for _, f, _ in files if f])
+                summary["deleted_files"] = self._delete(client, [f for f in files if f])
             return summary
 
     def _execute_job(self, context: Context) -> dict[str, Any]:
@@ -318,6 +274,79 @@ class DownloadBatchResultsOperator(QwenBatchBaseOperator):
             except Exception as exc:  # results are safe locally; a leftover file only costs quota
                 self.log.warning("Could not delete remote file %s: %s", file_id, exc)
         return deleted
+
+
+def download_batch_results(
+    client: BatchClient,
+    batch: Batch,
+    destination: str,
+    *,
+    destination_conn_id: str | None = None,
+    logger: LoggerLike | None = None,
+) -> tuple[dict[str, Any], ResultCounts]:
+    """Stream one terminal batch's result files to ``<destination>/<batch_id>/`` and count them line by line.
+
+    What :class:`DownloadBatchResultsOperator` (``batch_id=``) and ``@task.qwen_batch(destination=...)``
+    do with a single batch: ``output.jsonl`` and ``errors.jsonl`` (when the batch has them) go
+    through a private temporary file to the destination, with the mode the user's umask gives a
+    new file.
+
+    :param client: the client of the batch's Connection.
+    :param batch: the batch, already terminal (its result file ids are read from it).
+    :param destination: a folder: local path or ObjectStoragePath URI.
+    :param destination_conn_id: Airflow Connection of the object store, if it needs one.
+    :param logger: where to log the counts (this module's logger by default).
+    :return: the summary (ids, paths, counts, tokens, first failures; ``deleted_files`` empty) and
+        the counts.
+    """
+    from airflow_provider_qwenbatch.client.results import ResultCounts, count_results
+    from airflow_provider_qwenbatch.inputs import store_file
+
+    log = logger or logging.getLogger(__name__)
+    totals = ResultCounts()
+    paths: dict[str, str | None] = {"output_path": None, "error_path": None}
+    files = [
+        ("output_path", batch.output_file_id, "output.jsonl"),
+        ("error_path", batch.error_file_id, "errors.jsonl"),
+    ]
+    with tempfile.TemporaryDirectory(prefix="qwenbatch-results-") as tmp:
+        for key, file_id, name in files:
+            if not file_id:
+                continue
+            local = Path(tmp) / name
+            client.download_file(file_id, local)
+            # The temporary file is private (0600); the stored result follows the umask.
+            apply_umask(local)
+            counts = count_results(local)
+            log.info(
+                "%s: %d lines, %d succeeded, %d failed", name, counts.lines, counts.succeeded, counts.failed
+            )
+            totals.add(counts)
+            paths[key] = store_file(local, f"{destination.rstrip('/')}/{batch.id}", destination_conn_id)
+    summary: dict[str, Any] = {
+        "batch_id": batch.id,
+        "status": batch.status.value,
+        **paths,
+        "lines": totals.lines,
+        "succeeded": totals.succeeded,
+        "failed": totals.failed,
+        "tokens": {
+            "prompt": totals.prompt_tokens,
+            "completion": totals.completion_tokens,
+            "total": totals.total_tokens,
+        },
+        "failed_examples": totals.failed_examples,
+        "deleted_files": [],
+    }
+    log.info(
+        "Batch %s results: %d lines, %d succeeded, %d failed, %d tokens",
+        batch.id,
+        totals.lines,
+        totals.succeeded,
+        totals.failed,
+        totals.total_tokens,
+    )
+    return summary, totals
 
 
 def _is_asset(outlet: Any) -> bool:

@@ -283,6 +283,10 @@ class SubmitBatchOperator(SingleBatchPath, SubmitAbortPaths, QwenBatchBaseOperat
             )
         return requests
 
+    def _requests_source(self) -> str | None:
+        """How errors name where the requests come from (``None``: the ``requests`` argument)."""
+        return None
+
     def _plan_input(self, context: Context) -> ShardPlan | None:
         """Validate and split the input (``None`` for an ``input_file_id``), checked before any upload.
 
@@ -299,6 +303,7 @@ class SubmitBatchOperator(SingleBatchPath, SubmitAbortPaths, QwenBatchBaseOperat
             strict_cost=self.strict_cost,
             max_input_tokens=self.max_input_tokens,
             logger=self.log,
+            requests_source=self._requests_source(),
         )
 
     def _fingerprint(self, prepared: PreparedInput | None) -> InputFingerprint:
