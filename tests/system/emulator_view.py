@@ -8,6 +8,14 @@ from airflow_provider_qwenbatch.client.identity import BatchTag, find_tags, run_
 from airflow_provider_qwenbatch.emulator import EmulatorHandle
 from tests.system.stack import poll
 
+# A batch's end, as the public object stamps it (whole Unix seconds).
+_END_STAMPS = ("completed_at", "failed_at", "expired_at", "cancelled_at")
+
+
+def _ended_second(batch: dict[str, Any]) -> int | None:
+    stamps = [int(batch[key]) for key in _END_STAMPS if batch.get(key)]
+    return min(stamps) if stamps else None
+
 
 class EmulatorView:
     """Read-only helpers over the emulator's admin API.
@@ -91,6 +99,54 @@ class EmulatorView:
     def creates(self, batch_ids: set[str]) -> list[dict[str, Any]]:
         """``POST /batches`` requests that created one of ``batch_ids``."""
         return [e for e in self.handle.requests(endpoint="create_batch") if e.get("batch_id") in batch_ids]
+
+    def ended_second(self, batch_id: str) -> int | None:
+        """The Unix second the batch ended (completed, failed, expired or cancelled), or None."""
+        return _ended_second(self.batch(batch_id))
+
+    def other_batches_unfinished_since(self, batch_ids: set[str], since: float) -> list[str]:
+        """Ids of the emulator's batches, outside ``batch_ids``, that may have been unfinished after ``since``.
+
+        :param batch_ids: the batches to leave out (e.g. one task's).
+        :param since: a Unix time.
+        """
+        found = []
+        for state in self.handle.batches(lines=False):
+            batch = state["batch"]
+            end = _ended_second(batch)
+            # Ends are whole seconds: one stamped in the second of ``since`` may have come after it.
+            if batch["id"] not in batch_ids and (end is None or end + 1 > since):
+                found.append(str(batch["id"]))
+        return found
+
+    def last_seq(self) -> int:
+        """The ``seq`` of the newest request in the emulator's log (0: none yet)."""
+        return int(self.handle.health()["requests"])
+
+    def peak_unfinished(self, batch_ids: set[str]) -> int:
+        """The most of ``batch_ids`` that were unfinished at once, read from the emulator's log.
+
+        A batch is unfinished from its ``POST /batches`` (arrival time in the request log) to its
+        end. The end is stamped in whole seconds, so a batch counts at a moment only when it
+        certainly had not ended yet (end second after that moment): an overlap shorter than a
+        second can go unseen, one that lasted longer cannot.
+
+        :param batch_ids: the batches of one task.
+        """
+        created = {e["batch_id"]: float(e["wall"]) for e in self.creates(batch_ids)}
+        missing = batch_ids - created.keys()
+        assert not missing, f"no create request in the emulator's log for {sorted(missing)}"
+        ends = {batch_id: self.ended_second(batch_id) for batch_id in batch_ids}
+
+        def unfinished_at(batch_id: str, moment: float) -> bool:
+            end = ends[batch_id]
+            return created[batch_id] <= moment and (end is None or end > moment)
+
+        peak = 0
+        for batch_id, at in created.items():
+            others = sum(1 for other in created if other != batch_id and unfinished_at(other, at))
+            peak = max(peak, others + 1)
+        return peak
 
     def wait_cancel_request(self, batch_id: str, timeout: float) -> dict[str, Any]:
         """Wait for the first cancel request of the batch; returns its log entry (``wall`` = arrival time)."""
