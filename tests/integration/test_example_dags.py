@@ -78,3 +78,15 @@ def test_cleanup_example_fails_and_its_batch_is_cancelled(
     cancels = emulator.requests(endpoint="cancel_batch", batch_id=batch["id"])
     assert len(cancels) == 1
     assert emulator.batch_state(batch["id"])["batch"]["status"] in ("cancelling", "cancelled")
+
+
+def test_large_example_runs_three_shards_and_merges_them(
+    dags: dict[str, Any], emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    dr = _run(dags["example_qwenbatch_large"])
+    assert str(dr.state) == "success", _tis(dr)
+    creates = [e for e in emulator.requests(endpoint="create_batch") if e.get("status") == 200]
+    assert len(creates) == 3 and max(e["unfinished"] for e in creates) <= 2
+    out = tmp_path / "results" / "large" / "output.jsonl"
+    ids = sorted(json.loads(line)["custom_id"] for line in out.read_text().splitlines())
+    assert ids == [f"ticket-{n:06d}" for n in range(250)]
