@@ -198,9 +198,12 @@ class BatchStatusTrigger(BaseTrigger):
                 return
             progress = ProgressReporter(self.log)
             failed_polls = 0
+            # The wait before the next read is the watch's (one timer for all its readers, see
+            # StatusWatch.read), not a sleep of each trigger between its polls.
+            delay = 0.0
             while True:
                 try:
-                    batch = await watch.read(self.batch_id, within=self.poll_interval)
+                    batch = await watch.read(self.batch_id, within=self.poll_interval, delay=delay)
                     failed_polls = 0
                 except _FATAL as exc:
                     yield self._event("error", f"cannot read batch {self.batch_id}: {exc}")
@@ -213,7 +216,7 @@ class BatchStatusTrigger(BaseTrigger):
                             "error", f"{failed_polls} polls of batch {self.batch_id} failed: {exc}"
                         )
                         return
-                    await asyncio.sleep(self.poll_interval)
+                    delay = self.poll_interval
                     continue
                 progress.update(batch)
                 if batch.status.is_terminal:
@@ -238,7 +241,7 @@ class BatchStatusTrigger(BaseTrigger):
                     wait = min(wait, left)
                 # Up to 10% shorter, at random: triggers deferred together drift apart instead of
                 # polling in lockstep bursts (the triggerer's loop and the API's rate limit both gain).
-                await asyncio.sleep(wait * random.uniform(0.9, 1.0))
+                delay = wait * random.uniform(0.9, 1.0)
         except asyncio.CancelledError as exc:
             if not triggerer_marks_user_kills() and self.cancel_on_kill:
                 # Airflow 3.0-3.2 call no on_kill: the same decision and cancel, from here.
