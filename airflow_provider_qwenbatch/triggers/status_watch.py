@@ -11,7 +11,9 @@ A page of ``GET /batches?status=<in flight>`` answers for up to 100 batches at o
 account has at most 1,000 unfinished batches, so one sweep of the in-flight list is at most
 10 pages. The triggers of one event loop and Connection therefore share a :class:`StatusWatch`:
 
-* a read is answered from a list page fetched after the read was asked, never an older one;
+* a read is answered from a list page fetched after the read was asked, never an older one: a
+  read asked during a sweep joins the sweep's remaining pages, and waits for the next sweep
+  only when its batch was on a page already passed;
 * a batch the sweep does not list (it ended, it was created after the sweep began, or the list
   is unavailable) is read on its own with ``GET /batches/{id}``: the end of a batch is always
   read from the batch itself, as without a watch;
@@ -339,10 +341,15 @@ class StatusWatch:
         if self._page_gap is None or not self._listing():
             return waiting
         after: str | None = None
-        timeout = min(LIST_TIMEOUT_MAX, max(LIST_TIMEOUT_MIN, within))
+        # Readers who joined after the first page: one whose batch was on a page already passed
+        # waits for the next sweep, not for a read of its own (its batch need not have ended).
+        late: set[str] = set()
         while waiting:
             # Spaced one by one, not per sweep: the list quota may be enforced per second.
             await self._wait_turn()
+            if after is not None:
+                within = min(within, self._join_late(waiting, late))
+            timeout = min(LIST_TIMEOUT_MAX, max(LIST_TIMEOUT_MIN, within))
             self._next_page_at = loop.time() + self._page_gap
             try:
                 async with self._gate:
@@ -379,7 +386,30 @@ class StatusWatch:
             del page
             if not more:
                 break
+        for batch_id in late & waiting.keys():
+            for future in _each(waiting.pop(batch_id)):
+                self._waiting.add(batch_id, future, within)
         return waiting
+
+    def _join_late(self, waiting: dict[str, _Readers], late: set[str]) -> float:
+        """Add the reads asked since the sweep began to its remaining pages; return their shortest poll interval.
+
+        A page fetched now is fetched after they were asked, so it may answer them. Without
+        this, a sweep of n pages made every reader who asked after its first page wait for the
+        whole sweep and the next one: at 5,000 triggers (50 pages at 60 a minute) the first
+        sweep answered only the first triggers started, whose (oldest) batches were on its last
+        page, and no trigger had a status for the first minute.
+        """
+        self._admit_due()
+        joined, self._waiting = self._waiting, _Waiting()
+        for batch_id, readers in joined.live().items():
+            known = waiting.get(batch_id)
+            if known is None:
+                waiting[batch_id] = readers
+                late.add(batch_id)
+            else:
+                waiting[batch_id] = _each(known) + _each(readers)
+        return joined.within
 
     def _answer(
         self, page: BatchList, waiting: dict[str, _Readers], after: str | None
