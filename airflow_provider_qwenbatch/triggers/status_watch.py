@@ -56,7 +56,7 @@ from airflow_provider_qwenbatch.triggers.client_pool import (
     release_client,
     settings_key,
 )
-from airflow_provider_qwenbatch.triggers.heap import freeze_startup_heap
+from airflow_provider_qwenbatch.triggers.heap import freeze_startup_heap, trigger_ended, trigger_started
 
 log = logging.getLogger(__name__)
 
@@ -521,6 +521,7 @@ def acquire_watch(settings: ConnectionSettings) -> StatusWatch:
         gate = gate_of(client) or asyncio.Semaphore(1)
         watch = watches[key] = StatusWatch(client, gate, pages_per_minute(), singles_per_minute())
     watch.users += 1
+    trigger_started()
     return watch
 
 
@@ -530,6 +531,7 @@ async def release_watch(watch: StatusWatch) -> None:
     :param watch: the watch.
     """
     watch.users -= 1
+    trigger_ended()
     if watch.users > 0:
         return
     watches = _WATCHES.get(asyncio.get_running_loop(), {})
