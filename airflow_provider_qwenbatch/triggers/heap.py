@@ -21,8 +21,10 @@ does the same in its DAG processor and local executor.
   At 10,000 triggers that is ~260,000 objects, a 300-450 ms full collection measured, and no
   change of the provider can bring the Airflow and asyncio part under the 50 ms goal. So
   :func:`trigger_started` freezes again whenever the running triggers have grown by a
-  quarter (from :data:`FREEZE_MIN_TRIGGERS` on): what the triggers keep is frozen a few
-  seconds after they start, and full collections walk only what is young.
+  quarter (from :data:`FREEZE_MIN_TRIGGERS` on), and :func:`sweep_done` once more after the
+  next complete sweep of their status watch (what a trigger keeps from its first status on):
+  what the triggers keep is frozen seconds after they start, and full collections walk only
+  what is young.
 * What that can leak is bounded: a reference cycle among frozen objects is never collected
   (an ended trigger's objects are freed by reference counting: 6 cyclic objects were left by
   1,000 triggers cancelled, measured). :func:`trigger_ended` counts the triggers that ended
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,11 @@ _frozen = False
 _running = 0
 _running_at_freeze = 0
 _ended_since_freeze = 0
+# When the triggers' state was last frozen, and whether it must be frozen once more when they
+# settled: what a trigger keeps from its first status on (the batch, its progress reporter, its
+# logger) is created a sweep after it started, i.e. after the freeze its start caused.
+_frozen_at = 0.0
+_settle_pending = False
 
 
 def freeze_startup_heap() -> bool:
@@ -69,7 +77,7 @@ def trigger_started() -> bool:
 
     Called as each trigger takes its status watch.
     """
-    global _running, _running_at_freeze
+    global _running, _running_at_freeze, _frozen_at, _settle_pending
     _running += 1
     if _running < FREEZE_MIN_TRIGGERS or _running < _running_at_freeze * (1 + FREEZE_GROWTH):
         return False
@@ -79,7 +87,25 @@ def trigger_started() -> bool:
     gc.collect(1)
     gc.freeze()
     _running_at_freeze = _running
+    _frozen_at, _settle_pending = time.monotonic(), True
     log.debug("Froze the state of %d running triggers (%d objects frozen)", _running, gc.get_freeze_count())
+    return True
+
+
+def sweep_done(began: float) -> bool:
+    """Freeze once more after the first sweep that began after a freeze of starting triggers; whether it froze.
+
+    :param began: when the sweep began (``time.monotonic()``).
+    """
+    global _settle_pending
+    if not _settle_pending or began <= _frozen_at:
+        return False
+    _settle_pending = False
+    gc.collect(1)
+    gc.freeze()
+    log.debug(
+        "Froze the settled state of %d running triggers (%d objects frozen)", _running, gc.get_freeze_count()
+    )
     return True
 
 

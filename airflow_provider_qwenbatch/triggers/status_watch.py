@@ -40,6 +40,7 @@ import asyncio
 import contextvars
 import heapq
 import logging
+import time
 import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -56,7 +57,12 @@ from airflow_provider_qwenbatch.triggers.client_pool import (
     release_client,
     settings_key,
 )
-from airflow_provider_qwenbatch.triggers.heap import freeze_startup_heap, trigger_ended, trigger_started
+from airflow_provider_qwenbatch.triggers.heap import (
+    freeze_startup_heap,
+    sweep_done,
+    trigger_ended,
+    trigger_started,
+)
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +312,7 @@ class StatusWatch:
             self._waiting = _Waiting()
             if not waiting:
                 continue
+            began = time.monotonic()
             try:
                 unlisted = await self._sweep(waiting, taken.within)
             except asyncio.CancelledError:
@@ -314,6 +321,7 @@ class StatusWatch:
                     _cancel(readers)
                 raise
             self._forget_old()
+            sweep_done(began)
             for batch_id, readers in unlisted.items():
                 # Created from the sweeper, so in its empty context too.
                 task = asyncio.get_running_loop().create_task(self._read_one(batch_id, readers))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -17,6 +18,7 @@ def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(heap, "_running", 0)
     monkeypatch.setattr(heap, "_running_at_freeze", 0)
     monkeypatch.setattr(heap, "_ended_since_freeze", 0)
+    monkeypatch.setattr(heap, "_settle_pending", False)
     gc.unfreeze()
     yield
     gc.unfreeze()  # leave the test process as it was
@@ -109,3 +111,19 @@ def test_triggers_are_not_frozen_when_turned_off(fresh: None, monkeypatch: pytes
     assert [heap.trigger_started() for _ in range(4)] == [False] * 4
     assert heap.trigger_ended() is False
     assert gc.get_freeze_count() == 0
+
+
+def test_what_triggers_keep_from_their_first_status_is_frozen_after_the_next_sweep(
+    fresh: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIRFLOW__QWENBATCH__TRIGGER_FREEZE_STARTUP_HEAP", raising=False)
+    monkeypatch.setattr(heap, "FREEZE_MIN_TRIGGERS", 4)
+    before = time.monotonic()
+    for _ in range(4):
+        heap.trigger_started()
+    first_statuses = [{"batch": i, "counts": [i]} for i in range(4)]  # created after that freeze
+    assert heap.sweep_done(before) is False  # a sweep begun before the freeze: not settled yet
+    assert _walked(first_statuses)
+    assert heap.sweep_done(time.monotonic()) is True
+    assert not _walked(first_statuses)
+    assert heap.sweep_done(time.monotonic()) is False  # once per freeze of starting triggers
