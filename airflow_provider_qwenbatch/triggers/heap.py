@@ -68,7 +68,8 @@ def freeze_startup_heap() -> bool:
     _frozen = True
     before = gc.get_count()
     gc.freeze()
-    log.debug("Froze the start-up heap (%d objects; counts before %s)", gc.get_freeze_count(), before)
+    # Not gc.get_freeze_count(): it walks the whole permanent generation (~50 ms at 10,000 triggers).
+    log.debug("Froze the start-up heap (counts before %s)", before)
     return True
 
 
@@ -88,7 +89,7 @@ def trigger_started() -> bool:
     gc.freeze()
     _running_at_freeze = _running
     _frozen_at, _settle_pending = time.monotonic(), True
-    log.debug("Froze the state of %d running triggers (%d objects frozen)", _running, gc.get_freeze_count())
+    log.debug("Froze the state of %d running triggers", _running)
     return True
 
 
@@ -102,9 +103,7 @@ def sweep_done(began: float) -> bool:
         return False
     _settle_pending = False
     gc.freeze()
-    log.debug(
-        "Froze the settled state of %d running triggers (%d objects frozen)", _running, gc.get_freeze_count()
-    )
+    log.debug("Froze the settled state of %d running triggers", _running)
     return True
 
 
