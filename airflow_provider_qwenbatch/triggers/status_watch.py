@@ -308,7 +308,7 @@ class StatusWatch:
                 self._admit_due()
             taken = self._waiting
             waiting = taken.live()
-            # Reads asked from now on wait for the next sweep: this one may be past their page.
+            # Reads asked from now on join this sweep's pages still to come (_join_late), or the next.
             self._waiting = _Waiting()
             if not waiting:
                 continue
