@@ -21,8 +21,8 @@ does the same in its DAG processor and local executor.
   At 10,000 triggers that is ~260,000 objects, a 300-450 ms full collection measured, and no
   change of the provider can bring the Airflow and asyncio part under the 50 ms goal. So
   :func:`trigger_started` freezes again whenever the running triggers have grown by a
-  quarter (from :data:`FREEZE_MIN_TRIGGERS` on), and :func:`sweep_done` once more after the
-  next complete sweep of their status watch (what a trigger keeps from its first status on):
+  tenth (from :data:`FREEZE_MIN_TRIGGERS` on), and :func:`sweep_done` again after each sweep
+  of a status watch completed in the minute after (what a trigger keeps from its first status on):
   what the triggers keep is frozen seconds after they start, and full collections walk only
   what is young.
 * What that can leak is bounded: a reference cycle among frozen objects is never collected
@@ -45,9 +45,14 @@ log = logging.getLogger(__name__)
 
 # Below this many running triggers a full collection of their state is a few ms: not frozen.
 FREEZE_MIN_TRIGGERS = 500
-# Freeze again when the running triggers have grown by this share since the last freeze, and
-# unfreeze-collect-refreeze once this share of those frozen has ended.
-FREEZE_GROWTH = 0.25
+# Freeze again when the running triggers have grown by this share since the last freeze (a
+# freeze is O(1): often is cheap; rarely leaves more unfrozen state for a full collection).
+FREEZE_GROWTH = 0.1
+# Unfreeze, collect once and refreeze when this share of the triggers frozen has ended.
+ENDED_SHARE = 0.25
+# After a freeze of starting triggers, each sweep completed within this many seconds freezes
+# again: each status watch (one per Connection) gives its triggers their first status in turn.
+SETTLE_WINDOW = 60.0
 
 _frozen = False
 _running = 0
@@ -74,7 +79,7 @@ def freeze_startup_heap() -> bool:
 
 
 def trigger_started() -> bool:
-    """Count a running trigger; freeze when they have grown by a quarter (see the module docs); whether it froze.
+    """Count a running trigger; freeze when they have grown by a tenth (see the module docs); whether it froze.
 
     Called as each trigger takes its status watch.
     """
@@ -94,14 +99,16 @@ def trigger_started() -> bool:
 
 
 def sweep_done(began: float) -> bool:
-    """Freeze once more after the first sweep that began after a freeze of starting triggers; whether it froze.
+    """Freeze once more after each sweep that began after a freeze of starting triggers (within :data:`SETTLE_WINDOW`); whether it froze.
 
     :param began: when the sweep began (``time.monotonic()``).
     """
     global _settle_pending
     if not _settle_pending or began <= _frozen_at:
         return False
-    _settle_pending = False
+    if time.monotonic() - _frozen_at > SETTLE_WINDOW:
+        _settle_pending = False
+        return False
     gc.freeze()
     log.debug("Froze the settled state of %d running triggers", _running)
     return True
@@ -117,7 +124,7 @@ def trigger_ended() -> bool:
     if _running_at_freeze == 0:
         return False
     _ended_since_freeze += 1
-    if _ended_since_freeze < _running_at_freeze * FREEZE_GROWTH:
+    if _ended_since_freeze < _running_at_freeze * ENDED_SHARE:
         return False
     gc.unfreeze()
     freed = gc.collect()

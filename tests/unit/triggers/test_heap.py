@@ -75,6 +75,7 @@ def test_the_running_triggers_state_is_frozen_as_they_grow(
 ) -> None:
     monkeypatch.delenv("AIRFLOW__QWENBATCH__TRIGGER_FREEZE_STARTUP_HEAP", raising=False)
     monkeypatch.setattr(heap, "FREEZE_MIN_TRIGGERS", 8)
+    monkeypatch.setattr(heap, "FREEZE_GROWTH", 0.25)
     state = [{"trigger": i, "read": [i]} for i in range(8)]
     assert [heap.trigger_started() for _ in range(7)] == [False] * 7
     assert _walked(state)
@@ -126,4 +127,10 @@ def test_what_triggers_keep_from_their_first_status_is_frozen_after_the_next_swe
     assert _walked(first_statuses)
     assert heap.sweep_done(time.monotonic()) is True
     assert not _walked(first_statuses)
-    assert heap.sweep_done(time.monotonic()) is False  # once per freeze of starting triggers
+    other_watch = [{"batch": i} for i in range(4)]  # another Connection's triggers, a sweep later
+    assert heap.sweep_done(time.monotonic()) is True
+    assert not _walked(other_watch)
+    monkeypatch.setattr(heap, "SETTLE_WINDOW", 0.0)
+    later = [{"churn": i} for i in range(4)]
+    assert heap.sweep_done(time.monotonic()) is False  # settled: what comes now is young churn
+    assert _walked(later)
