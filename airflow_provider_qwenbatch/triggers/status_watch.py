@@ -352,7 +352,10 @@ class StatusWatch:
         # Readers who joined after the first page: one whose batch was on a page already passed
         # waits for the next sweep, not for a read of its own (its batch need not have ended).
         late: set[str] = set()
-        while waiting:
+        # Paged on while a reader who was there at the first page is unanswered: late readers
+        # ride along but never lengthen a sweep (on an account with more batches in flight than
+        # readers, they would carry it through every page, and the next sweep a minute late).
+        while len(waiting) > len(late & waiting.keys()):
             # Spaced one by one, not per sweep: the list quota may be enforced per second.
             await self._wait_turn()
             if after is not None:

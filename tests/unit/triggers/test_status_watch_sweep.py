@@ -93,3 +93,20 @@ async def test_every_read_sees_the_batch_as_listed_then_and_an_unchanged_one_is_
     assert (await watch.read("batch_0001")).status.value == "finalizing"
     await watch.aclose()
     await client.aclose()
+
+
+async def test_late_readers_do_not_carry_a_sweep_past_the_pages_its_first_readers_needed() -> None:
+    # The account has more batches in flight than the triggers watch (other DAGs, other users).
+    server = FakeServer([batch(i) for i in range(250)])
+    server.gate = asyncio.Event()
+    watch, client = make_watch(server)
+    first = asyncio.ensure_future(watch.read("batch_0100"))  # page 2
+    await server.asked.wait()
+    late = asyncio.ensure_future(watch.read("batch_0240"))  # page 1, already asked
+    server.gate.set()
+    got = await asyncio.wait_for(asyncio.gather(first, late), 10)
+    assert [b.id for b in got] == ["batch_0100", "batch_0240"]
+    # The first sweep ended with its first reader's page (2); the late reader had the next
+    # sweep's first page at once, not after page 3.
+    assert [p.get("after") for p in server.pages] == [None, "batch_0150", None] and server.singles == []
+    await client.aclose()
