@@ -81,11 +81,14 @@ class StallRecorder:
 
     def __init__(self, slow: float = 0.005) -> None:
         self.slow = slow
-        self.collections: list[tuple[float, float, int]] = []  # (start, duration, generation)
+        # (start, duration, generation, CPU time of this thread): the CPU figure is what the
+        # collection itself cost, the wall duration also counts the machine's other load.
+        self.collections: list[tuple[float, float, int, float]] = []
         self.callbacks: list[tuple[float, float, str]] = []  # (start, duration, what)
         # Loop passes (one _run_once) that took >= 20 ms: (start, duration, what, callback time).
         self.passes: list[tuple[float, float, str, float]] = []
         self._gc_started = 0.0
+        self._gc_cpu = 0.0
         self._original: Callable[[asyncio.Handle], None] | None = None
         self._original_pass: Callable[[Any], None] | None = None
         self._this_pass: list[tuple[float, asyncio.Handle]] = []
@@ -93,9 +96,10 @@ class StallRecorder:
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         now = time.perf_counter()
         if phase == "start":
-            self._gc_started = now
+            self._gc_started, self._gc_cpu = now, time.thread_time()
         else:
-            self.collections.append((self._gc_started, now - self._gc_started, int(info["generation"])))
+            cpu = time.thread_time() - self._gc_cpu
+            self.collections.append((self._gc_started, now - self._gc_started, int(info["generation"]), cpu))
 
     def __enter__(self) -> StallRecorder:
         gc.callbacks.append(self._on_gc)
@@ -151,7 +155,7 @@ class StallRecorder:
         if gcs:
             worst = max(gcs, key=lambda c: c[1])
             parts.append(
-                f"gc gen{worst[2]} collection {worst[1] * 1000:.0f} ms"
+                f"gc gen{worst[2]} collection {worst[1] * 1000:.0f} ms (CPU {worst[3] * 1000:.0f} ms)"
                 + (f" (+{len(gcs) - 1} more)" if len(gcs) > 1 else "")
             )
         cbs = sorted((c for c in self.callbacks if c[0] < end and c[0] + c[1] > start), key=lambda c: -c[1])
@@ -165,11 +169,12 @@ class StallRecorder:
         return "; ".join(parts) or "nothing ran on the loop: the process was not on a CPU (machine load)"
 
     def gc_summary(self, start: float, end: float) -> str:
-        """Full (gen2) collections in ``[start, end)``: how many, and the longest."""
+        """Full (gen2) collections in ``[start, end)``: how many, and the longest (wall, and CPU)."""
         full = [c for c in self.collections if start <= c[0] < end and c[2] == 2]
         if not full:
             return "0"
-        return f"{len(full)} (max {max(c[1] for c in full) * 1000:.0f} ms)"
+        worst = max(full, key=lambda c: c[1])
+        return f"{len(full)} (max {worst[1] * 1000:.0f} ms, CPU {max(c[3] for c in full) * 1000:.0f} ms)"
 
 
 def window_stats(lags: Lags, recorder: StallRecorder, start: float, end: float) -> dict[str, Any]:

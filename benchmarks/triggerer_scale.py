@@ -155,8 +155,10 @@ async def measure(
         started_in = time.perf_counter() - began
         await asyncio.sleep(max(0.0, start_window - started_in))
         d0, t0, steady0 = _delivered_by_watches(), time.time(), time.perf_counter()
+        cpu0 = time.process_time()
         await asyncio.sleep(window)
         t1, steady1 = time.time(), time.perf_counter()
+        cpu1 = time.process_time()
         delivered = _delivered_by_watches() - d0
         rss1 = proc.memory_info().rss
         await probe.stop()
@@ -177,6 +179,9 @@ async def measure(
         # Without a watch each read delivers one status.
         "delivered_per_s": (delivered if watched else sum(reads)) / span,
         "rss_kb_per": (rss1 - rss0) / 1024 / n,
+        # CPU of this process (the loop, its collections and worker threads) per second.
+        "cpu_per_s": (cpu1 - cpu0) / (steady1 - steady0),
+        "load": os.getloadavg()[0],
         "crashed": crashed,
     }
 
@@ -231,7 +236,14 @@ def _fmt(values: list[float]) -> str:
 def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--rounds", type=int, default=3, help="runs of each of our rows (medians reported)")
+    p.add_argument(
+        "--only",
+        choices=("many",),
+        help="only the 10 Connections x 1,000 row (printed, BENCHMARKS.md left alone)",
+    )
     args = p.parse_args()
+    if args.only:
+        args.no_write = True
     sizes = [100, 1000] if args.quick else [100, 1000, 5000]
     baseline_sizes = {100}
     window = 15.0 if args.quick else 30.0
@@ -278,6 +290,8 @@ def main() -> None:
                 True,
             )
         )
+        if args.only == "many":
+            plans = plans[-1:]
         for label, size, factory, group, per_conn, watched in plans:
             # Long enough for every trigger's first status: a sweep of per_conn/100 pages at 1 a second.
             start_window = min(2.0 + per_conn / 100.0, 12.0)
@@ -290,6 +304,8 @@ def main() -> None:
     finally:
         for process in processes:
             process.stop()
+    if args.only:
+        return
     for (label, size), rs in results.items():
         worst = max(rs, key=lambda r: max(r["start"]["max_ms"], r["steady"]["max_ms"]))
         cause = max((worst["start"], worst["steady"]), key=lambda w: w["max_ms"])["cause"]
@@ -304,6 +320,8 @@ def main() -> None:
                 cause or "-",
                 ", ".join(f"{r['start']['full_gcs']} / {r['steady']['full_gcs']}" for r in rs),
                 f"{statistics.median(r['delivered_per_s'] for r in rs):.0f}",
+                f"{statistics.median(r['cpu_per_s'] for r in rs):.2f}",
+                ", ".join(f"{r['load']:.1f}" for r in rs),
                 f"{statistics.median(r['reads_per_min'] for r in rs):.0f}",
                 f"{statistics.median(r['pages_per_min'] for r in rs):.0f}",
                 # The first round's: later ones reuse memory the earlier ones freed.
@@ -322,6 +340,8 @@ def main() -> None:
             "worst stall (worst round): what ran",
             "full gc runs, start / steady, per round",
             "statuses delivered/s",
+            "process CPU, steady window (s per s)",
+            "load average (1 min) at the end of each round",
             "GET /batches/{id} per min (live quota 1,000)",
             "list pages per min, busiest Connection (live quota 100)",
             "RSS per trigger (KB)",

@@ -15,7 +15,6 @@ and why cleanup never cancels: :mod:`._lifecycle`, shared with
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from typing import Any, Literal
@@ -141,9 +140,12 @@ class BatchStatusTrigger(BatchWatchTrigger):
         """Poll until terminal (or the deadline); the one event to send."""
         progress = ProgressReporter(self.log)
         failed_polls = 0
+        # The wait before the next read is the watch's (one timer for all its readers, see
+        # StatusWatch.read), not a sleep of each trigger between its polls.
+        delay = 0.0
         while True:
             try:
-                batch = await watch.read(self.batch_id, within=self.poll_interval)
+                batch = await watch.read(self.batch_id, within=self.poll_interval, delay=delay)
                 failed_polls = 0
             except FATAL_POLL_ERRORS as exc:
                 return self._event("error", f"cannot read batch {self.batch_id}: {exc}")
@@ -154,7 +156,7 @@ class BatchStatusTrigger(BatchWatchTrigger):
                     return self._event(
                         "error", f"{failed_polls} polls of batch {self.batch_id} failed: {exc}"
                     )
-                await asyncio.sleep(self.poll_interval)
+                delay = self.poll_interval
                 continue
             progress.update(batch)
             if batch.status.is_terminal:
@@ -177,7 +179,7 @@ class BatchStatusTrigger(BatchWatchTrigger):
                 wait = min(wait, left)
             # Up to 10% shorter, at random: triggers deferred together drift apart instead of
             # polling in lockstep bursts (the triggerer's loop and the API's rate limit both gain).
-            await asyncio.sleep(wait * random.uniform(0.9, 1.0))
+            delay = wait * random.uniform(0.9, 1.0)
 
     async def _cancel_for_kill(self, client: AsyncBatchClient, budget: float) -> CancelOutcome:
         return await acancel_quietly(client, self.batch_id, budget=budget, logger=self.log)

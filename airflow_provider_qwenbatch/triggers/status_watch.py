@@ -11,7 +11,9 @@ A page of ``GET /batches?status=<in flight>`` answers for up to 100 batches at o
 account has at most 1,000 unfinished batches, so one sweep of the in-flight list is at most
 10 pages. The triggers of one event loop and Connection therefore share a :class:`StatusWatch`:
 
-* a read is answered from a list page fetched after the read was asked, never an older one;
+* a read is answered from a list page fetched after the read was asked, never an older one: a
+  read asked during a sweep joins the sweep's remaining pages, and waits for the next sweep
+  only when its batch was on a page already passed;
 * a batch the sweep does not list (it ended, it was created after the sweep began, or the list
   is unavailable) is read on its own with ``GET /batches/{id}``: the end of a batch is always
   read from the batch itself, as without a watch;
@@ -36,11 +38,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import heapq
 import logging
+import time
 import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from airflow_provider_qwenbatch.client.aio import AsyncBatchClient
 from airflow_provider_qwenbatch.client.errors import RateLimitError
@@ -53,7 +57,12 @@ from airflow_provider_qwenbatch.triggers.client_pool import (
     release_client,
     settings_key,
 )
-from airflow_provider_qwenbatch.triggers.heap import freeze_startup_heap
+from airflow_provider_qwenbatch.triggers.heap import (
+    freeze_startup_heap,
+    sweep_done,
+    trigger_ended,
+    trigger_started,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,31 +97,60 @@ class WatchStats:
     listed: int = 0
 
 
+# The readers of one batch in one sweep: one future (the usual case), or a list when several
+# triggers read the same batch. Not a list each: every object a waiting read keeps alive for the
+# seconds of a sweep outlives two young garbage collections and counts towards the next full one.
+_Readers: TypeAlias = "asyncio.Future[Batch] | list[asyncio.Future[Batch]]"
+
+
+def _each(readers: _Readers) -> list[asyncio.Future[Batch]]:
+    return readers if isinstance(readers, list) else [readers]
+
+
 @dataclass
 class _Waiting:
-    futures: dict[str, list[asyncio.Future[Batch]]] = field(default_factory=dict)
+    futures: dict[str, _Readers] = field(default_factory=dict)
     # The shortest poll interval among these readers: how long one list request may take.
     within: float = LIST_TIMEOUT_MAX
 
     def add(self, batch_id: str, future: asyncio.Future[Batch], within: float | None) -> None:
-        self.futures.setdefault(batch_id, []).append(future)
+        known = self.futures.get(batch_id)
+        if known is None:
+            self.futures[batch_id] = future
+        elif isinstance(known, list):
+            known.append(future)
+        else:
+            self.futures[batch_id] = [known, future]
         if within is not None:
             self.within = min(self.within, within)
 
-    def live(self) -> dict[str, list[asyncio.Future[Batch]]]:
+    def live(self) -> dict[str, _Readers]:
         """The waits whose reader is still waiting (a cancelled trigger cancels its future)."""
-        out = {}
-        for batch_id, futures in self.futures.items():
-            alive = [f for f in futures if not f.done()]
-            if alive:
-                out[batch_id] = alive
+        out: dict[str, _Readers] = {}
+        for batch_id, readers in self.futures.items():
+            if isinstance(readers, list):
+                alive = [f for f in readers if not f.done()]
+                if alive:
+                    out[batch_id] = alive[0] if len(alive) == 1 else alive
+            elif not readers.done():
+                out[batch_id] = readers
         return out
 
 
-def _resolve(futures: list[asyncio.Future[Batch]], batch: Batch) -> None:
-    for future in futures:
+def _resolve(readers: _Readers, batch: Batch) -> None:
+    for future in _each(readers):
         if not future.done():
             future.set_result(batch)
+
+
+def _cancel(readers: _Readers) -> None:
+    for future in _each(readers):
+        future.cancel()
+
+
+def _same_state(old: Batch, new: Batch) -> bool:
+    """Whether two reads of a batch say the same (its fields and unknown extras; not the request id)."""
+    return old.__dict__ == new.__dict__ and old.__pydantic_extra__ == new.__pydantic_extra__
 
 
 def _spawn(coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
@@ -191,61 +229,138 @@ class StatusWatch:
         self._next_page_at = 0.0
         self._list_paused_until = 0.0
         self._singles_pacer = _Pacer(singles_per_minute)
+        # Reads asked to start later (``read(..., delay=)``): (when, seq, batch id, future, within),
+        # a heap. The watch admits them when due, with one timer of its own, instead of each
+        # trigger keeping a sleep (coroutine, future, timer handle, context) alive between polls.
+        self._due: list[tuple[float, int, str, asyncio.Future[Batch], float | None]] = []
+        self._seq = 0
+        # Set when a read arrives while the sweeper sleeps until the next due read.
+        self._wake: asyncio.Future[None] | None = None
+        # The batches last listed, by id, in two generations: a page that shows a batch as it was
+        # hands its reader the object it already holds, and the page's own copies die with it
+        # (young) instead of each reader keeping a new one (several tracked objects) alive.
+        self._known: dict[str, Batch] = {}
+        self._known_before: dict[str, Batch] = {}
+        self._known_since = 0.0
+        self._longest_poll = 0.0
 
-    async def read(self, batch_id: str, within: float | None = None) -> Batch:
-        """The batch as read after this call began.
+    def read(self, batch_id: str, within: float | None = None, delay: float = 0.0) -> asyncio.Future[Batch]:
+        """The batch as read after this call began (or ``delay`` seconds after it); await the future.
+
+        A future, not a coroutine: a reader waits seconds for its sweep, and a coroutine per read
+        would be one more object outliving the young garbage collections.
 
         :param batch_id: the batch.
         :param within: the reader's poll interval: one list request of its sweep may take this
             long (see the module docs) before the watch reads batches on their own.
-        :raises airflow_provider_qwenbatch.client.errors.QwenBatchError: what reading the batch on
-            its own raised.
+        :param delay: seconds to wait before the read (a trigger's sleep between two polls).
+        :raises airflow_provider_qwenbatch.client.errors.QwenBatchError: (from the future) what
+            reading the batch on its own raised.
         """
-        future: asyncio.Future[Batch] = asyncio.get_running_loop().create_future()
-        self._waiting.add(batch_id, future, within)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Batch] = loop.create_future()
+        if within is not None:
+            self._longest_poll = max(self._longest_poll, within)
+        if delay > 0:
+            self._seq += 1
+            heapq.heappush(self._due, (loop.time() + delay, self._seq, batch_id, future, within))
+            earliest = self._due[0][3] is future
+        else:
+            self._waiting.add(batch_id, future, within)
+            earliest = True
+        if earliest and self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)  # the sweeper sleeps until a later read: it must look again
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = _spawn(self._sweep_while_waited())
-        return await future
+        return future
+
+    def _admit_due(self) -> float | None:
+        """Move the due delayed reads to the next sweep; return when the next one is due (``None``: none)."""
+        now = asyncio.get_running_loop().time()
+        due = self._due
+        while due and due[0][0] <= now:
+            _, _, batch_id, future, within = heapq.heappop(due)
+            if not future.done():
+                self._waiting.add(batch_id, future, within)
+        return due[0][0] if due else None
+
+    async def _until_due(self, at: float) -> None:
+        """Sleep until ``at``, or until a read arrives."""
+        wake = self._wake = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait((wake,), timeout=max(0.0, at - asyncio.get_running_loop().time()))
+        finally:
+            self._wake = None
 
     async def _sweep_while_waited(self) -> None:
         await _prepare_models()
         while True:
+            next_due = self._admit_due()
+            if not self._waiting.futures:
+                if next_due is None:
+                    return
+                await self._until_due(next_due)
+                continue
             if self._listing():
                 # Wait for the list budget BEFORE taking the readers: reads asked meanwhile join
                 # this sweep, since its first page is not asked yet.
                 await self._wait_turn()
+                self._admit_due()
             taken = self._waiting
             waiting = taken.live()
-            # Reads asked from now on wait for the next sweep: this one may be past their page.
+            # Reads asked from now on join this sweep's pages still to come (_join_late), or the next.
             self._waiting = _Waiting()
             if not waiting:
-                return
+                continue
+            began = time.monotonic()
             try:
                 unlisted = await self._sweep(waiting, taken.within)
             except asyncio.CancelledError:
                 # aclose(): nobody will answer these readers any more.
-                for futures in waiting.values():
-                    for future in futures:
-                        future.cancel()
+                for readers in waiting.values():
+                    _cancel(readers)
                 raise
-            for batch_id, futures in unlisted.items():
+            self._forget_old()
+            sweep_done(began)
+            for batch_id, readers in unlisted.items():
                 # Created from the sweeper, so in its empty context too.
-                task = asyncio.get_running_loop().create_task(self._read_one(batch_id, futures))
+                task = asyncio.get_running_loop().create_task(self._read_one(batch_id, readers))
                 self._singles.add(task)
                 task.add_done_callback(self._singles.discard)
 
-    async def _sweep(
-        self, waiting: dict[str, list[asyncio.Future[Batch]]], within: float
-    ) -> dict[str, list[asyncio.Future[Batch]]]:
+    def _forget_old(self) -> None:
+        """Drop the batches not listed for two generations (each at least a poll interval long)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._known_since >= max(LIST_PAUSE, 2 * self._longest_poll):
+            self._known_before, self._known = self._known, {}
+            self._known_since = now
+
+    def _as_known(self, batch: Batch) -> Batch:
+        """The object already handed out for this state of the batch, or this one (remembered)."""
+        old = self._known.get(batch.id) or self._known_before.get(batch.id)
+        if old is not None and _same_state(old, batch):
+            batch = old
+        self._known[batch.id] = batch
+        return batch
+
+    async def _sweep(self, waiting: dict[str, _Readers], within: float) -> dict[str, _Readers]:
         """Answer what the in-flight list shows, page by page; return the waits it did not answer."""
         loop = asyncio.get_running_loop()
         if self._page_gap is None or not self._listing():
             return waiting
         after: str | None = None
-        timeout = min(LIST_TIMEOUT_MAX, max(LIST_TIMEOUT_MIN, within))
-        while waiting:
+        # Readers who joined after the first page: one whose batch was on a page already passed
+        # waits for the next sweep, not for a read of its own (its batch need not have ended).
+        late: set[str] = set()
+        # Paged on while a reader who was there at the first page is unanswered: late readers
+        # ride along but never lengthen a sweep (on an account with more batches in flight than
+        # readers, they would carry it through every page, and the next sweep a minute late).
+        while len(waiting) > len(late & waiting.keys()):
             # Spaced one by one, not per sweep: the list quota may be enforced per second.
             await self._wait_turn()
+            if after is not None:
+                within = min(within, self._join_late(waiting, late))
+            timeout = min(LIST_TIMEOUT_MAX, max(LIST_TIMEOUT_MIN, within))
             self._next_page_at = loop.time() + self._page_gap
             try:
                 async with self._gate:
@@ -276,17 +391,51 @@ class StatusWatch:
                     pause,
                 )
                 return waiting
-            for batch in page.batches:
-                futures = waiting.get(batch.id)
-                # A terminal status is read from the batch itself (a list that ignored the filter).
-                if futures is not None and not batch.status.is_terminal:
-                    del waiting[batch.id]
-                    self.stats.listed += 1
-                    _resolve(futures, batch)
-            if not page.has_more or not page.last_id or page.last_id == after:
+            after, more = self._answer(page, waiting, after)
+            # Not kept while waiting for the next turn: a page (100 batches) alive across that
+            # second outlives the young collections and counts towards the next full one.
+            del page
+            if not more:
                 break
-            after = page.last_id
+        for batch_id in late & waiting.keys():
+            for future in _each(waiting.pop(batch_id)):
+                self._waiting.add(batch_id, future, within)
         return waiting
+
+    def _join_late(self, waiting: dict[str, _Readers], late: set[str]) -> float:
+        """Add the reads asked since the sweep began to its remaining pages; return their shortest poll interval.
+
+        A page fetched now is fetched after they were asked, so it may answer them. Without
+        this, a sweep of n pages made every reader who asked after its first page wait for the
+        whole sweep and the next one: at 5,000 triggers (50 pages at 60 a minute) the first
+        sweep answered only the first triggers started, whose (oldest) batches were on its last
+        page, and no trigger had a status for the first minute.
+        """
+        self._admit_due()
+        joined, self._waiting = self._waiting, _Waiting()
+        for batch_id, readers in joined.live().items():
+            known = waiting.get(batch_id)
+            if known is None:
+                waiting[batch_id] = readers
+                late.add(batch_id)
+            else:
+                waiting[batch_id] = _each(known) + _each(readers)
+        return joined.within
+
+    def _answer(
+        self, page: BatchList, waiting: dict[str, _Readers], after: str | None
+    ) -> tuple[str | None, bool]:
+        """Resolve the readers a page shows in flight; return the next cursor and whether to go on."""
+        for batch in page.batches:
+            readers = waiting.get(batch.id)
+            # A terminal status is read from the batch itself (a list that ignored the filter).
+            if readers is not None and not batch.status.is_terminal:
+                del waiting[batch.id]
+                self.stats.listed += 1
+                _resolve(readers, self._as_known(batch))
+        if not page.has_more or not page.last_id or page.last_id == after:
+            return after, False
+        return page.last_id, True
 
     def _listing(self) -> bool:
         """Whether reads go to list pages now (listing is on and not paused after a failure)."""
@@ -297,7 +446,7 @@ class StatusWatch:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    async def _read_one(self, batch_id: str, futures: list[asyncio.Future[Batch]]) -> None:
+    async def _read_one(self, batch_id: str, readers: _Readers) -> None:
         try:
             # Within this watch's share of the account's retrieve quota (1,000/min).
             await self._singles_pacer.wait()
@@ -305,16 +454,15 @@ class StatusWatch:
                 self.stats.singles += 1
                 batch = await self.client.retrieve_batch(batch_id)
         except asyncio.CancelledError:
-            for future in futures:
-                future.cancel()
+            _cancel(readers)
             raise
         except Exception as exc:
             # Handed to each reader, which decides (fatal, or one more failed poll).
-            for future in futures:
+            for future in _each(readers):
                 if not future.done():
                     future.set_exception(exc)
         else:
-            _resolve(futures, batch)
+            _resolve(readers, batch)
 
     async def aclose(self) -> None:
         """Stop sweeping and cancel the reads in flight."""
@@ -322,9 +470,13 @@ class StatusWatch:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for futures in self._waiting.live().values():
-            for future in futures:
-                future.cancel()
+        for readers in self._waiting.live().values():
+            _cancel(readers)
+        for *_, future, _within in self._due:
+            future.cancel()
+        self._due.clear()
+        self._known.clear()
+        self._known_before.clear()
 
 
 # Per event loop, per Connection settings: the watch its triggers share.
@@ -380,6 +532,7 @@ def acquire_watch(settings: ConnectionSettings) -> StatusWatch:
         gate = gate_of(client) or asyncio.Semaphore(1)
         watch = watches[key] = StatusWatch(client, gate, pages_per_minute(), singles_per_minute())
     watch.users += 1
+    trigger_started()
     return watch
 
 
@@ -389,6 +542,7 @@ async def release_watch(watch: StatusWatch) -> None:
     :param watch: the watch.
     """
     watch.users -= 1
+    trigger_ended()
     if watch.users > 0:
         return
     watches = _WATCHES.get(asyncio.get_running_loop(), {})

@@ -1,8 +1,10 @@
-"""freeze_startup_heap: the objects alive when the first watch starts leave the collector's walks."""
+"""heap: the start-up heap and the running triggers' state leave the collector's walks; what ended is collected."""
 
 from __future__ import annotations
 
 import gc
+import time
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +15,10 @@ from airflow_provider_qwenbatch.triggers import heap
 @pytest.fixture
 def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(heap, "_frozen", False)
+    monkeypatch.setattr(heap, "_running", 0)
+    monkeypatch.setattr(heap, "_running_at_freeze", 0)
+    monkeypatch.setattr(heap, "_ended_since_freeze", 0)
+    monkeypatch.setattr(heap, "_settle_pending", False)
     gc.unfreeze()
     yield
     gc.unfreeze()  # leave the test process as it was
@@ -51,3 +57,80 @@ async def test_the_first_watch_freezes_the_heap(fresh: None, monkeypatch: pytest
         assert gc.get_freeze_count() > 0
     finally:
         await release_watch(watch)
+
+
+class _Cycle:
+    """A trigger's state that ends as a reference cycle (only the cyclic collector frees it)."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def _walked(obj: object) -> bool:
+    return any(o is obj for o in gc.get_objects())
+
+
+def test_the_running_triggers_state_is_frozen_as_they_grow(
+    fresh: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIRFLOW__QWENBATCH__TRIGGER_FREEZE_STARTUP_HEAP", raising=False)
+    monkeypatch.setattr(heap, "FREEZE_MIN_TRIGGERS", 8)
+    monkeypatch.setattr(heap, "FREEZE_GROWTH", 0.25)
+    state = [{"trigger": i, "read": [i]} for i in range(8)]
+    assert [heap.trigger_started() for _ in range(7)] == [False] * 7
+    assert _walked(state)
+    assert heap.trigger_started() is True  # the 8th
+    assert not _walked(state)
+    more = [{"trigger": i} for i in range(2)]
+    assert heap.trigger_started() is False  # 9 < 8 x 1.25
+    assert _walked(more)
+    assert heap.trigger_started() is True  # 10: grown by a quarter
+    assert not _walked(more)
+
+
+def test_what_frozen_triggers_leave_is_collected_once_a_quarter_of_them_ended(
+    fresh: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIRFLOW__QWENBATCH__TRIGGER_FREEZE_STARTUP_HEAP", raising=False)
+    monkeypatch.setattr(heap, "FREEZE_MIN_TRIGGERS", 8)
+    cycle = _Cycle()
+    gone = weakref.ref(cycle)
+    for _ in range(8):
+        heap.trigger_started()
+    del cycle  # the trigger ended: its state is garbage, but frozen
+    gc.collect()
+    assert gone() is not None  # a frozen cycle is not collected...
+    assert heap.trigger_ended() is False
+    assert heap.trigger_ended() is True  # ...until a quarter of the frozen triggers ended
+    assert gone() is None
+    assert gc.get_freeze_count() > 0  # the 6 still running are frozen again
+
+
+def test_triggers_are_not_frozen_when_turned_off(fresh: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__QWENBATCH__TRIGGER_FREEZE_STARTUP_HEAP", "False")
+    monkeypatch.setattr(heap, "FREEZE_MIN_TRIGGERS", 2)
+    assert [heap.trigger_started() for _ in range(4)] == [False] * 4
+    assert heap.trigger_ended() is False
+    assert gc.get_freeze_count() == 0
+
+
+def test_what_triggers_keep_from_their_first_status_is_frozen_after_the_next_sweep(
+    fresh: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIRFLOW__QWENBATCH__TRIGGER_FREEZE_STARTUP_HEAP", raising=False)
+    monkeypatch.setattr(heap, "FREEZE_MIN_TRIGGERS", 4)
+    before = time.monotonic()
+    for _ in range(4):
+        heap.trigger_started()
+    first_statuses = [{"batch": i, "counts": [i]} for i in range(4)]  # created after that freeze
+    assert heap.sweep_done(before) is False  # a sweep begun before the freeze: not settled yet
+    assert _walked(first_statuses)
+    assert heap.sweep_done(time.monotonic()) is True
+    assert not _walked(first_statuses)
+    other_watch = [{"batch": i} for i in range(4)]  # another Connection's triggers, a sweep later
+    assert heap.sweep_done(time.monotonic()) is True
+    assert not _walked(other_watch)
+    monkeypatch.setattr(heap, "SETTLE_WINDOW", 0.0)
+    later = [{"churn": i} for i in range(4)]
+    assert heap.sweep_done(time.monotonic()) is False  # settled: what comes now is young churn
+    assert _walked(later)
