@@ -238,8 +238,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="runs of each of our rows (medians reported)")
     p.add_argument(
         "--only",
-        choices=("many",),
-        help="only the 10 Connections x 1,000 row (printed, BENCHMARKS.md left alone)",
+        choices=("many", "thousand"),
+        help="only the 10 Connections x 1,000 row, or only ours at 1,000 (printed, BENCHMARKS.md left alone)",
     )
     args = p.parse_args()
     if args.only:
@@ -292,6 +292,8 @@ def main() -> None:
         )
         if args.only == "many":
             plans = plans[-1:]
+        elif args.only == "thousand":
+            plans = [p for p in plans if p[0].startswith("ours") and p[1] == "1,000"]
         for label, size, factory, group, per_conn, watched in plans:
             # Long enough for every trigger's first status: a sweep of per_conn/100 pages at 1 a second.
             start_window = min(2.0 + per_conn / 100.0, 12.0)
