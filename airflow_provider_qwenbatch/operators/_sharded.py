@@ -262,6 +262,11 @@ class ShardedJob:
                 continue
             self._add(label, self._create(shard, label, fingerprint))
             slots -= 1
+        # Once per fill, in shard order (not once per batch: a job of 1,000 shards would write
+        # 1,000 growing lists); the deferral-timeout path and the UI read it.
+        self.context["ti"].xcom_push(
+            key=BATCH_IDS_XCOM_KEY, value=[self.batches[lb].id for lb in self._order()]
+        )
         self._progress()
 
     def _create(self, shard: Shard, label: ShardLabel, fingerprint: InputFingerprint) -> Batch:
@@ -286,16 +291,16 @@ class ShardedJob:
     def _add(self, label: ShardLabel, batch: Batch) -> None:
         first = not self.batches
         self.batches[label.value] = batch
-        ids = [self.batches[label].id for label in self._order()]
-        self.op._job_batch_ids = ids
-        ti = self.context["ti"]
+        # on_kill reads this list: it holds every batch the moment it exists (XCom follows per fill).
+        self.op._job_batch_ids.append(batch.id)
         if first:
             self.op.batch_id = batch.id
             self.op._publish(self.context, batch)
-        ti.xcom_push(key=BATCH_IDS_XCOM_KEY, value=ids)
         if self.op._killed and self.op.cancel_on_kill:
             # on_kill ran while this batch was being created: it did not know it yet.
-            cancel_many(self.client, ids, budget=DEFAULT_KILL_BUDGET, logger=self.log)
+            cancel_many(
+                self.client, list(self.op._job_batch_ids), budget=DEFAULT_KILL_BUDGET, logger=self.log
+            )
             raise QwenBatchAirflowError(
                 f"{self.op.task_id}: killed while creating shard batches; all cancelled"
             )
