@@ -35,13 +35,18 @@ def emulator_session() -> Iterator[EmulatorHandle]:
 @pytest.fixture
 def emulator(emulator_session: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> EmulatorHandle:
     """A clean emulator for each test, and the default Connection pointing at it."""
-    emulator_session.reset()
-    emulator_session.clear_faults()
-    emulator_session.set_config(
+    return _fresh(emulator_session, monkeypatch)
+
+
+def _fresh(handle: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> EmulatorHandle:
+    """Forget every batch, fault and changed setting; point the default Connection at ``handle``."""
+    handle.reset()
+    handle.clear_faults()
+    handle.set_config(
         line_error_rate=0.0, line_soft_error_rate=0.0, transient_line_errors=False, time_scale=1.0, **FAST
     )
-    monkeypatch.setenv("AIRFLOW_CONN_QWEN_BATCH_DEFAULT", conn_json(emulator_session))
-    return emulator_session
+    monkeypatch.setenv("AIRFLOW_CONN_QWEN_BATCH_DEFAULT", conn_json(handle))
+    return handle
 
 
 @pytest.fixture(scope="session")
@@ -56,14 +61,7 @@ def stored_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[
 @pytest.fixture
 def emu(stored_emulator: tuple[EmulatorHandle, Path], monkeypatch: pytest.MonkeyPatch) -> EmulatorHandle:
     """The stored-files emulator, clean for each test, and the default Connection pointing at it."""
-    handle, _ = stored_emulator
-    handle.reset()
-    handle.clear_faults()
-    handle.set_config(
-        line_error_rate=0.0, line_soft_error_rate=0.0, transient_line_errors=False, time_scale=1.0, **FAST
-    )
-    monkeypatch.setenv("AIRFLOW_CONN_QWEN_BATCH_DEFAULT", conn_json(handle))
-    return handle
+    return _fresh(stored_emulator[0], monkeypatch)
 
 
 def conn_json(handle: EmulatorHandle, **extra: Any) -> str:
