@@ -59,8 +59,10 @@ class FakeSupervisor:
                 if run_id in (body.get("run_ids") or [])
             }
             answer = TaskStatesResult(task_states=wanted)
-            self.sock.sendall(_ResponseFrame(id=frame.id, body=answer.model_dump()).as_bytes())
+            # Recorded before sending: the runner may read the answer and the test check
+            # ``answered`` before this thread runs again (a CI run failed on that race).
             self.answered.append(frame.id)
+            self.sock.sendall(_ResponseFrame(id=frame.id, body=answer.model_dump()).as_bytes())
 
     def _exactly(self, n: int) -> bytes:
         data = b""
