@@ -23,7 +23,8 @@ Kill semantics (measured on Airflow 3.3.2, see the README):
   query is warmed there too. A kill while the Connection is still being resolved waits for it
   (within the kill budget), or resolves it itself when ``run()`` never started.
 * Triggers of one event loop with the same settings share async clients (see
-  :mod:`.client_pool`) and one :class:`~.status_watch.StatusWatch` (see :mod:`.status_watch`).
+  :mod:`.client_pool`) and one :class:`~.status_watch.StatusWatch` (see :mod:`.status_watch`);
+  those that start together share one Connection lookup (see :mod:`.connection_cache`).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_qwenbatch.client.aio import AsyncBatchClient
 from airflow_provider_qwenbatch.client.errors import AuthenticationError, InvalidResponseError, NotFoundError
 from airflow_provider_qwenbatch.compat import ensure_sync_sdk_portal
-from airflow_provider_qwenbatch.hooks.qwen_batch import QwenBatchHook
+from airflow_provider_qwenbatch.hooks.qwen_batch import ConnectionSettings, QwenBatchHook
 from airflow_provider_qwenbatch.triggers.client_pool import acquire_client, release_client
+from airflow_provider_qwenbatch.triggers.connection_cache import resolve, reusable
 from airflow_provider_qwenbatch.triggers.kill_decision import (
     USER_ACTION_MARKER,
     TaskInstanceRef,
@@ -83,7 +85,7 @@ class BatchWatchTrigger(BaseTrigger):
         self.cancel_on_kill = cancel_on_kill
         self._client: AsyncBatchClient | None = None
         self._watch: StatusWatch | None = None
-        self._connecting: asyncio.Task[tuple[AsyncBatchClient, StatusWatch]] | None = None
+        self._connecting: asyncio.Future[tuple[AsyncBatchClient, StatusWatch]] | None = None
         self._kill_task: asyncio.Task[Any] | None = None
         self._cleaned_up = False
 
@@ -114,18 +116,35 @@ class BatchWatchTrigger(BaseTrigger):
         :param budget: seconds left of :data:`TRIGGER_KILL_BUDGET`.
         """
 
-    def _start_connect(self) -> asyncio.Task[tuple[AsyncBatchClient, StatusWatch]]:
-        """Resolve the Connection in a task of its own, once: run() and a kill may both wait for it."""
+    def _start_connect(self) -> asyncio.Future[tuple[AsyncBatchClient, StatusWatch]]:
+        """Resolve the Connection once: run() and a kill may both wait for it.
+
+        Resolved moments ago in this loop (a triggerer starting many triggers), it is taken
+        at once and the future returned is already done; otherwise it is resolved in a task
+        of its own (see :mod:`.connection_cache`).
+        """
         if self._connecting is None:
-            self._connecting = asyncio.get_running_loop().create_task(self._connect())
-            _PENDING_CONNECTS.add(self._connecting)
-            self._connecting.add_done_callback(_connect_done)
+            loop = asyncio.get_running_loop()
+            settings = reusable(self.conn_id)
+            if settings is not None:
+                self._connecting = loop.create_future()
+                self._connecting.set_result(self._acquire(settings))
+            else:
+                self._connecting = task = loop.create_task(self._connect())
+                _PENDING_CONNECTS.add(task)
+                task.add_done_callback(_connect_done)
         return self._connecting
 
     async def _connect(self) -> tuple[AsyncBatchClient, StatusWatch]:
+        return self._acquire(await resolve(self.conn_id, self._lookup))
+
+    async def _lookup(self) -> ConnectionSettings:
+        # Our own task: the triggerer opened a sync SDK portal for the trigger's task only.
         await ensure_sync_sdk_portal()
-        settings = await QwenBatchHook(self.conn_id).aget_settings()
-        # Set here, not by the caller: whoever awaits this task (run, or a kill) finds them.
+        return await QwenBatchHook(self.conn_id).aget_settings()
+
+    def _acquire(self, settings: ConnectionSettings) -> tuple[AsyncBatchClient, StatusWatch]:
+        # Set here, not by the caller: whoever awaits the connect (run, or a kill) finds them.
         self._client, self._watch = acquire_client(settings), acquire_watch(settings)
         return self._client, self._watch
 
@@ -229,7 +248,7 @@ class BatchWatchTrigger(BaseTrigger):
             await release_client(client)
 
 
-def _connect_done(task: asyncio.Task[Any]) -> None:
+def _connect_done(task: asyncio.Future[Any]) -> None:
     _PENDING_CONNECTS.discard(task)
     if not task.cancelled():
         task.exception()  # retrieved: run() or the kill reports it, the loop need not
