@@ -21,10 +21,13 @@ does the same in its DAG processor and local executor.
   At 10,000 triggers that is ~260,000 objects, a 300-450 ms full collection measured, and no
   change of the provider can bring the Airflow and asyncio part under the 50 ms goal. So
   :func:`trigger_started` freezes again whenever the running triggers have grown by a
-  tenth (from :data:`FREEZE_MIN_TRIGGERS` on), and :func:`sweep_done` again after each sweep
-  of a status watch completed in the minute after (what a trigger keeps from its first status on):
-  what the triggers keep is frozen seconds after they start, and full collections walk only
-  what is young.
+  tenth (from :data:`FREEZE_MIN_TRIGGERS` on), and :func:`statuses_settled` again at each
+  page a status watch asks for in the minute after, once the readers of its previous page have
+  taken their statuses (what a trigger keeps from its first status on: ~17 tracked objects, the
+  batch, its counts, its logger, its next read). Frozen once per sweep instead, a sweep of 10
+  pages left up to 10,000 triggers' worth unfrozen at 10 Connections x 1,000 (~136,000
+  objects, full collections of 50-70 ms measured) until it ended. What the triggers keep is
+  frozen a second after it exists, and full collections walk only what is young.
 * What that can leak is bounded: a reference cycle among frozen objects is never collected
   (an ended trigger's objects are freed by reference counting: 6 cyclic objects were left by
   1,000 triggers cancelled, measured). :func:`trigger_ended` counts the triggers that ended
@@ -50,8 +53,8 @@ FREEZE_MIN_TRIGGERS = 500
 FREEZE_GROWTH = 0.1
 # Unfreeze, collect once and refreeze when this share of the triggers frozen has ended.
 ENDED_SHARE = 0.25
-# After a freeze of starting triggers, each sweep completed within this many seconds freezes
-# again: each status watch (one per Connection) gives its triggers their first status in turn.
+# After a freeze of starting triggers, each page of statuses taken within this many seconds
+# freezes again: each status watch (one per Connection) gives its triggers their first status in turn.
 SETTLE_WINDOW = 60.0
 
 _frozen = False
@@ -98,13 +101,16 @@ def trigger_started() -> bool:
     return True
 
 
-def sweep_done(began: float) -> bool:
-    """Freeze once more after each sweep that began after a freeze of starting triggers (within :data:`SETTLE_WINDOW`); whether it froze.
+def statuses_settled(answered_at: float) -> bool:
+    """Freeze once more when a page answered after a freeze of starting triggers has been taken (within :data:`SETTLE_WINDOW`); whether it froze.
 
-    :param began: when the sweep began (``time.monotonic()``).
+    Called by a status watch before it asks for its next page, about a second after the last
+    one: the readers that page answered have run on and created what they keep.
+
+    :param answered_at: when the watch last answered a page (``time.monotonic()``; 0: never).
     """
     global _settle_pending
-    if not _settle_pending or began <= _frozen_at:
+    if not _settle_pending or answered_at <= _frozen_at:
         return False
     if time.monotonic() - _frozen_at > SETTLE_WINDOW:
         _settle_pending = False

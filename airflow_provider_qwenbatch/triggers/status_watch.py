@@ -59,7 +59,7 @@ from airflow_provider_qwenbatch.triggers.client_pool import (
 )
 from airflow_provider_qwenbatch.triggers.heap import (
     freeze_startup_heap,
-    sweep_done,
+    statuses_settled,
     trigger_ended,
     trigger_started,
 )
@@ -243,6 +243,7 @@ class StatusWatch:
         self._known_before: dict[str, Batch] = {}
         self._known_since = 0.0
         self._longest_poll = 0.0
+        self._answered_at = 0.0  # when a page last answered readers (time.monotonic())
 
     def read(self, batch_id: str, within: float | None = None, delay: float = 0.0) -> asyncio.Future[Batch]:
         """The batch as read after this call began (or ``delay`` seconds after it); await the future.
@@ -312,7 +313,6 @@ class StatusWatch:
             self._waiting = _Waiting()
             if not waiting:
                 continue
-            began = time.monotonic()
             try:
                 unlisted = await self._sweep(waiting, taken.within)
             except asyncio.CancelledError:
@@ -321,7 +321,6 @@ class StatusWatch:
                     _cancel(readers)
                 raise
             self._forget_old()
-            sweep_done(began)
             for batch_id, readers in unlisted.items():
                 # Created from the sweeper, so in its empty context too.
                 task = asyncio.get_running_loop().create_task(self._read_one(batch_id, readers))
@@ -392,6 +391,7 @@ class StatusWatch:
                 )
                 return waiting
             after, more = self._answer(page, waiting, after)
+            self._answered_at = time.monotonic()
             # Not kept while waiting for the next turn: a page (100 batches) alive across that
             # second outlives the young collections and counts towards the next full one.
             del page
@@ -445,6 +445,8 @@ class StatusWatch:
         delay = self._next_page_at - asyncio.get_running_loop().time()
         if delay > 0:
             await asyncio.sleep(delay)
+        # The last page's readers have taken their statuses by now: what they keep is long-lived.
+        statuses_settled(self._answered_at)
 
     async def _read_one(self, batch_id: str, readers: _Readers) -> None:
         try:
