@@ -22,8 +22,9 @@ does the same in its DAG processor and local executor.
   change of the provider can bring the Airflow and asyncio part under the 50 ms goal. So
   :func:`trigger_started` freezes again whenever the running triggers have grown by a
   tenth (from :data:`FREEZE_MIN_TRIGGERS` on), and :func:`statuses_settled` again at each
-  page a status watch asks for in the minute after, once the readers of its previous page have
-  taken their statuses (what a trigger keeps from its first status on: ~17 tracked objects, the
+  page a status watch asks for in the minute after, when its previous page gave batches their
+  first status from the watch and their readers have taken it (what a trigger keeps from its
+  first status on: ~17 tracked objects, the
   batch, its counts, its logger, its next read). Frozen once per sweep instead, a sweep of 10
   pages left up to 10,000 triggers' worth unfrozen at 10 Connections x 1,000 (~136,000
   objects, full collections of 50-70 ms measured) until it ended. What the triggers keep is
@@ -66,6 +67,7 @@ _ended_since_freeze = 0
 # logger) is created a sweep after it started, i.e. after the freeze its start caused.
 _frozen_at = 0.0
 _settle_pending = False
+_settled_at = 0.0  # when statuses_settled last froze
 
 
 def freeze_startup_heap() -> bool:
@@ -101,21 +103,26 @@ def trigger_started() -> bool:
     return True
 
 
-def statuses_settled(answered_at: float) -> bool:
-    """Freeze once more when a page answered after a freeze of starting triggers has been taken (within :data:`SETTLE_WINDOW`); whether it froze.
+def statuses_settled(first_listed_at: float) -> bool:
+    """Freeze once more when first statuses given after a freeze of starting triggers have been taken (within :data:`SETTLE_WINDOW`); whether it froze.
 
     Called by a status watch before it asks for its next page, about a second after the last
-    one: the readers that page answered have run on and created what they keep.
+    one: the readers that page answered have run on and created what they keep. Only first
+    statuses count: in the steady state nothing new is kept, and a freeze would only keep the
+    young cyclic garbage of the second before from being collected.
 
-    :param answered_at: when the watch last answered a page (``time.monotonic()``; 0: never).
+    :param first_listed_at: when the watch last gave a batch new to it to its readers
+        (``time.monotonic()``; 0: never).
     """
-    global _settle_pending
-    if not _settle_pending or answered_at <= _frozen_at:
+    global _settle_pending, _settled_at
+    # Nothing new since the last freeze (of starting triggers, or of settled ones): none now.
+    if not _settle_pending or first_listed_at <= max(_frozen_at, _settled_at):
         return False
     if time.monotonic() - _frozen_at > SETTLE_WINDOW:
         _settle_pending = False
         return False
     gc.freeze()
+    _settled_at = time.monotonic()
     log.debug("Froze the settled state of %d running triggers", _running)
     return True
 

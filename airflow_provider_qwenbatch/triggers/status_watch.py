@@ -243,7 +243,9 @@ class StatusWatch:
         self._known_before: dict[str, Batch] = {}
         self._known_since = 0.0
         self._longest_poll = 0.0
-        self._answered_at = 0.0  # when a page last answered readers (time.monotonic())
+        # When a page last gave a batch new to this watch to its readers (time.monotonic()):
+        # a trigger's first status, from which on it keeps more state (see heap.statuses_settled).
+        self._first_listed_at = 0.0
 
     def read(self, batch_id: str, within: float | None = None, delay: float = 0.0) -> asyncio.Future[Batch]:
         """The batch as read after this call began (or ``delay`` seconds after it); await the future.
@@ -391,7 +393,6 @@ class StatusWatch:
                 )
                 return waiting
             after, more = self._answer(page, waiting, after)
-            self._answered_at = time.monotonic()
             # Not kept while waiting for the next turn: a page (100 batches) alive across that
             # second outlives the young collections and counts towards the next full one.
             del page
@@ -432,6 +433,8 @@ class StatusWatch:
             if readers is not None and not batch.status.is_terminal:
                 del waiting[batch.id]
                 self.stats.listed += 1
+                if batch.id not in self._known and batch.id not in self._known_before:
+                    self._first_listed_at = time.monotonic()
                 _resolve(readers, self._as_known(batch))
         if not page.has_more or not page.last_id or page.last_id == after:
             return after, False
@@ -446,7 +449,7 @@ class StatusWatch:
         if delay > 0:
             await asyncio.sleep(delay)
         # The last page's readers have taken their statuses by now: what they keep is long-lived.
-        statuses_settled(self._answered_at)
+        statuses_settled(self._first_listed_at)
 
     async def _read_one(self, batch_id: str, readers: _Readers) -> None:
         try:

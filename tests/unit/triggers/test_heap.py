@@ -21,6 +21,7 @@ def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(heap, "_running_at_freeze", 0)
     monkeypatch.setattr(heap, "_ended_since_freeze", 0)
     monkeypatch.setattr(heap, "_settle_pending", False)
+    monkeypatch.setattr(heap, "_settled_at", 0.0)
     gc.unfreeze()
     yield
     gc.unfreeze()  # leave the test process as it was
@@ -170,7 +171,15 @@ async def test_a_sweep_freezes_what_the_readers_of_each_page_kept_before_its_nex
         kept.append({"batch": status.id, "progress": [status.request_counts]})  # what a trigger keeps
 
     await asyncio.gather(*(reader(i) for i in (249, 200, 150, 0)))
-    await client.aclose()
     assert [p.get("after") for p in server.pages] == [None, "batch_0150", "batch_0050"]
     assert walked_at_page[0] == []
     assert len(walked_at_page[1]) == 3 and not any(walked_at_page[1]), walked_at_page
+    # The next sweep's first turn freezes what page 3's reader kept; the sweeps after it give
+    # no batch its first status, so nothing young is frozen any more.
+    await asyncio.gather(*(watch.read(f"batch_{i:04d}") for i in (249, 200, 150, 0)))
+    assert not any(_walked(k) for k in kept)
+    churn = [{"young": i} for i in range(4)]
+    await asyncio.gather(*(watch.read(f"batch_{i:04d}") for i in (249, 200, 150, 0)))
+    await client.aclose()
+    assert len(server.pages) == 9
+    assert _walked(churn)
