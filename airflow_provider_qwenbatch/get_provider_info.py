@@ -154,7 +154,8 @@ def get_provider_info() -> dict[str, Any]:
                         "triggerer starts (gc.freeze(): Airflow's modules and the triggerer's state), so "
                         "full garbage collections stop walking them: one such collection otherwise "
                         "stalls every trigger of the triggerer for ~100 ms or more. Also freezes the running "
-                        "triggers' long-lived state as they grow by a tenth (from 500), and collects once "
+                        "triggers' long-lived state as they grow by a tenth (from 500) and as they get their "
+                        "first status, and collects once "
                         "what ended triggers left when a quarter of those frozen have ended.",
                         "version_added": "0.1.0",
                         "type": "boolean",
