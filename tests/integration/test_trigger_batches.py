@@ -276,3 +276,42 @@ def test_no_batch_or_a_string_is_refused() -> None:
     with pytest.raises(TypeError, match="list of batch ids"):
         BatchesStatusTrigger(batch_ids="batch_1")
     assert BatchesStatusTrigger(batch_ids=["b1", "b2", "b1"]).batch_ids == ["b1", "b2"]
+
+
+@pytest.fixture
+def no_retries(emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A Connection whose client sends each read once (each failed read is one failed poll)."""
+    from airflow_provider_qwenbatch.triggers import batches
+    from tests.integration.conftest import conn_json
+
+    monkeypatch.setenv("AIRFLOW_CONN_QWEN_NO_RETRIES", conn_json(emulator, max_retries=0))
+    monkeypatch.setattr(batches, "MAX_FAILED_POLLS", 3)
+    return "qwen_no_retries"
+
+
+async def test_polls_failing_in_a_row_give_an_error_event_naming_the_batch(
+    emulator: EmulatorHandle, tmp_path: Path, no_retries: str, logs: Logs
+) -> None:
+    (batch,) = await _batches(emulator, tmp_path, 2000)
+    # Every list page and every read of the batch answers 503.
+    emulator.set_faults({"list_batches": {"p_503": 1.0}, "get_batch": {"p_503": 1.0}})
+    trigger = BatchesStatusTrigger(batch_ids=[batch], conn_id=no_retries, poll_interval=0.2)
+    payload = parse_batches_event(await _event(RunnerHarness(trigger)))
+    assert payload.status == "error"
+    assert f"3 polls of batch {batch} failed" in payload.message, payload.message
+    assert "HTTP 503" in payload.message and "x-request-id=" in payload.message
+    assert [r["status"] for r in emulator.requests(endpoint="get_batch", batch_id=batch)] == [503] * 3
+    assert "Poll 2 of batch" in logs.text
+    assert _cancels(emulator, batch) == []  # an error event cancels nothing: the operator decides
+
+
+async def test_fewer_failed_polls_in_a_row_than_the_limit_are_ridden_out(
+    emulator: EmulatorHandle, tmp_path: Path, no_retries: str
+) -> None:
+    (batch,) = await _batches(emulator, tmp_path, 3)
+    emulator.set_faults({"list_batches": {"p_503": 1.0}, "get_batch": {"fail_next": ["503", "503"]}})
+    trigger = BatchesStatusTrigger(batch_ids=[batch], conn_id=no_retries, poll_interval=0.2)
+    payload = parse_batches_event(await _event(RunnerHarness(trigger)))
+    assert payload.status == "done", payload.message
+    assert payload.ended == [batch] and payload.batches[batch]["status"] == "completed"
+    assert [r["status"] for r in emulator.requests(endpoint="get_batch", batch_id=batch)][:3] == [503, 503, 200]

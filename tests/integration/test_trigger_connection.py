@@ -69,7 +69,11 @@ class Runner:
             assert time.monotonic() < deadline, f"{len(self.runner.events)} of {count} events"
             await asyncio.sleep(0.05)
         await asyncio.wait_for(asyncio.gather(*self.tasks), 10)
-        return [e.event.payload for e in sorted(self.runner.events, key=lambda e: e.trigger_id)]
+        # ``TriggerEventEntry`` from Airflow 3.2, ``(trigger_id, event)`` before.
+        entries = [
+            (e[0], e[1]) if isinstance(e, tuple) else (e.trigger_id, e.event) for e in self.runner.events
+        ]
+        return [event.payload for _, event in sorted(entries, key=lambda entry: entry[0])]
 
 
 def lookups(supervisor: SupervisorDouble) -> list[str]:
