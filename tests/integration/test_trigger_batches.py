@@ -314,4 +314,8 @@ async def test_fewer_failed_polls_in_a_row_than_the_limit_are_ridden_out(
     payload = parse_batches_event(await _event(RunnerHarness(trigger)))
     assert payload.status == "done", payload.message
     assert payload.ended == [batch] and payload.batches[batch]["status"] == "completed"
-    assert [r["status"] for r in emulator.requests(endpoint="get_batch", batch_id=batch)][:3] == [503, 503, 200]
+    assert [r["status"] for r in emulator.requests(endpoint="get_batch", batch_id=batch)][:3] == [
+        503,
+        503,
+        200,
+    ]
