@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from airflow_provider_qwenbatch.hooks.qwen_batch import ConnectionSettings
 
@@ -61,7 +62,9 @@ def reusable(conn_id: str) -> ConnectionSettings | None:
     return entry[1]
 
 
-async def resolve(conn_id: str, lookup: Callable[[], Awaitable[ConnectionSettings]]) -> ConnectionSettings:
+async def resolve(
+    conn_id: str, lookup: Callable[[], Coroutine[Any, Any, ConnectionSettings]]
+) -> ConnectionSettings:
     """Resolve ``conn_id`` once for every trigger of this loop asking meanwhile (see the module docs).
 
     The lookup runs in a task of its own: a trigger that stops waiting (cancelled by a
@@ -77,11 +80,7 @@ async def resolve(conn_id: str, lookup: Callable[[], Awaitable[ConnectionSetting
     connections = _of(loop)
     task = connections.in_flight.get(conn_id)
     if task is None:
-
-        async def run() -> ConnectionSettings:
-            return await lookup()
-
-        task = connections.in_flight[conn_id] = loop.create_task(run())
+        task = connections.in_flight[conn_id] = loop.create_task(lookup())
 
         def done(finished: asyncio.Task[ConnectionSettings]) -> None:
             if connections.in_flight.get(conn_id) is finished:

@@ -24,11 +24,11 @@ does the same in its DAG processor and local executor.
   tenth (from :data:`FREEZE_MIN_TRIGGERS` on), and :func:`statuses_settled` again at each
   page a status watch asks for in the minute after, when its previous page gave batches their
   first status from the watch and their readers have taken it (what a trigger keeps from its
-  first status on: ~17 tracked objects, the
-  batch, its counts, its logger, its next read). Frozen once per sweep instead, a sweep of 10
-  pages left up to 10,000 triggers' worth unfrozen at 10 Connections x 1,000 (~136,000
-  objects, full collections of 50-70 ms measured) until it ended. What the triggers keep is
-  frozen a second after it exists, and full collections walk only what is young.
+  first status on: ~17 tracked objects, the batch, its counts, its logger, its next read).
+  Frozen once per sweep instead, a sweep of 10 pages left up to 10,000 triggers' worth
+  unfrozen at 10 Connections x 1,000 (~136,000 objects, full collections of 50-70 ms
+  measured) until it ended. What the triggers keep is frozen a second after it exists, and
+  full collections walk only what is young.
 * What that can leak is bounded: a reference cycle among frozen objects is never collected
   (an ended trigger's objects are freed by reference counting: 6 cyclic objects were left by
   1,000 triggers cancelled, measured). :func:`trigger_ended` counts the triggers that ended
