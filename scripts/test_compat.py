@@ -68,15 +68,24 @@ def run(cmd: list[str], log_file: Path, timeout: float = STEP_TIMEOUT) -> tuple[
 def junit_counts(path: Path) -> dict[str, Any]:
     """Counts and skip reasons from a pytest junit XML file."""
     if not path.exists():
-        return {"tests": 0, "passed": 0, "failed": 0, "skipped": 0, "skips": []}
+        return {"tests": 0, "passed": 0, "failed": 0, "skipped": 0, "skips": [], "failures": []}
     root = ET.parse(path).getroot()
     cases = root.iter("testcase")
-    counts: dict[str, Any] = {"tests": 0, "passed": 0, "failed": 0, "skipped": 0, "skips": []}
+    counts: dict[str, Any] = {"tests": 0, "passed": 0, "failed": 0, "skipped": 0, "skips": [], "failures": []}
     for case in cases:
         counts["tests"] += 1
         skipped = case.find("skipped")
-        if case.find("failure") is not None or case.find("error") is not None:
+        failure = case.find("failure")
+        if failure is None:
+            failure = case.find("error")
+        if failure is not None:
             counts["failed"] += 1
+            # The test's id and the first line of its message go into the summary: CI may show
+            # only the end of the output, and a failure nobody can name cannot be fixed.
+            message = (failure.get("message") or "").strip().splitlines()
+            counts["failures"].append(
+                f"{case.get('classname')}::{case.get('name')}: {message[0][:300] if message else '?'}"
+            )
         elif skipped is not None:
             counts["skipped"] += 1
             counts["skips"].append(f"{case.get('name')}: {skipped.get('message', '')}")
@@ -89,7 +98,7 @@ def pytest_step(py: str, name: str, args: list[str]) -> dict[str, Any]:
     """One pytest run with its junit file; returns its counts, rc and seconds."""
     junit = OUT / f"{name}.xml"
     junit.unlink(missing_ok=True)
-    cmd = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", f"--junitxml={junit}", *args]
+    cmd = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", f"--junitxml={junit}", *args]
     log(f"  {name}: {' '.join(cmd[1:])}")
     rc, seconds = run(cmd, OUT / f"{name}.log")
     counts = junit_counts(junit)
@@ -284,6 +293,15 @@ def table(
                 skips.append(
                     f"- Airflow {row.get('airflow', '?')}, Python {row.get('python', '?')}: {reason}"
                 )
+    failures = []
+    for row in [*([newest] if newest else []), *airflows, *pythons]:
+        for step in ("tests", "system"):
+            for failure in (row.get(step) or {}).get("failures", []):
+                failures.append(
+                    f"- Airflow {row.get('airflow', '?')}, Python {row.get('python', '?')}: {failure}"
+                )
+    if failures:
+        lines += ["", "FAILED:", *failures]
     if skips:
         lines += ["", "Skipped:", *sorted(set(skips))]
     return "\n".join(lines) + "\n"
