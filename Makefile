@@ -37,9 +37,9 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy airflow_provider_qwenbatch
+	$(VENV)/bin/mypy airflow_provider_qwenbatch benchmarks
 
-# The whole suite: lint, mypy --strict on the package, unit + integration + system tests.
+# The whole suite: lint, mypy --strict on the package and benchmarks, unit + integration + system tests.
 # Its counts (.tmp/junit-test.xml) are the newest Airflow's row of `make test-compat`'s table.
 test: lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider -rfEs --junitxml=.tmp/junit-test.xml $(PYTEST_ARGS)

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
+# psutil ships no types and types-psutil is not in the lock: it is untyped (Any) here.
+import psutil  # type: ignore[import-untyped]
 
 from benchmarks._common import API_KEY
 from benchmarks._report import command, parser, table, write_section

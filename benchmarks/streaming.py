@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
+# psutil ships no types and types-psutil is not in the lock: it is untyped (Any) here.
+import psutil  # type: ignore[import-untyped]
 
 from benchmarks._common import API_KEY
 from benchmarks._report import command, median, parser, table, write_section
@@ -54,19 +55,15 @@ def write_input(path: Path, lines: int, total_bytes: int) -> int:
     per_line = total_bytes // lines
     with path.open("w", encoding="utf-8") as fh:
         for i in range(lines):
-            head = {
-                "custom_id": f"s-{i}",
-                "method": "POST",
-                "url": "/v1/embeddings",
-                "body": {
-                    "model": "text-embedding-v4",
-                    "input": f"t{i}",
-                    "dimensions": DIMENSIONS,
-                    "user": "",
-                },
+            body: dict[str, str | int] = {
+                "model": "text-embedding-v4",
+                "input": f"t{i}",
+                "dimensions": DIMENSIONS,
+                "user": "",
             }
+            head = {"custom_id": f"s-{i}", "method": "POST", "url": "/v1/embeddings", "body": body}
             bare = len(json.dumps(head, separators=(",", ":"))) + 1
-            head["body"]["user"] = "x" * max(0, per_line - bare)
+            body["user"] = "x" * max(0, per_line - bare)
             fh.write(json.dumps(head, separators=(",", ":")) + "\n")
     return path.stat().st_size
 

@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
+
+# psutil ships no types and types-psutil is not in the lock: it is untyped (Any) here.
+import psutil  # type: ignore[import-untyped]
 
 from airflow_provider_qwenbatch.emulator.config import EmulatorConfig
 from airflow_provider_qwenbatch.emulator.server import EmulatorHandle, EmulatorProcess
