@@ -66,7 +66,10 @@ def test_deferral_timeout_of_mapped_sharded_tasks_cancels_each_map_indexs_own_sh
     monkeypatch.setenv("AIRFLOW__QWENBATCH__CANCEL_ON_DAG_RUN_FAILED", "False")
     # dag.test() runs a trigger inline; here it never fires, as a trigger that timed out.
     monkeypatch.setattr("airflow.sdk.definitions.dag._run_inline_trigger", lambda trigger, ti: None)
-    emulator.set_config(lines_per_second=1.0)
+    # 3 lines a shard at 0.05 lines/s: a minute, so every shard is still running when its task
+    # resumes (at 1 line/s a loaded run resumed map index 0 after its shards had completed, and a
+    # completed batch is rightly not cancelled).
+    emulator.set_config(lines_per_second=0.05)
     inputs = [chat_requests(6), [{**r, "custom_id": f"b-{r['custom_id']}"} for r in chat_requests(6)]]
     with DAG("sharded_timeout", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
         _resumes_with_fail(TRIGGER_TIMEOUT).partial(
