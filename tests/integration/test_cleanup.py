@@ -228,7 +228,7 @@ def test_listener_looks_on_the_server_when_the_metadata_db_cannot_be_read(
 
 
 def test_failure_callback_cancels_every_shard_of_a_split_input(emulator: EmulatorHandle) -> None:
-    emulator.set_config(lines_per_second=5.0)
+    emulator.set_config(lines_per_second=0.5)  # 20 s a shard: all 4 still running at the callback
     op = SubmitBatchOperator(
         task_id="big", requests=chat_requests(40), max_lines_per_batch=10, wait_for_completion=False
     )

@@ -131,24 +131,34 @@ def _status(emu: EmulatorHandle, batch_id: str) -> str:
 
 
 def test_a_retry_with_changed_input_cancels_the_old_shards_it_cannot_use(emu: EmulatorHandle) -> None:
-    emu.set_config(lines_per_second=2.0)
+    # 15 s a shard, and the emulator's rate is global: the old shards are still running when the
+    # retry looks at them, however loaded the machine. (Raising the rate before the retry let a
+    # loaded run complete an old shard first; a completed batch is rightly not cancelled.)
+    emu.set_config(lines_per_second=0.2)
     old = _submit(requests=chat_requests(6), max_lines_per_batch=3, wait_for_completion=False)
     assert old.execute(context_for(StubTI(try_number=1)))["status"] == "running"
     assert not emu.requests(endpoint="cancel_batch")
-    emu.set_config(lines_per_second=200.0)
     changed = chat_requests(6)
     for row in changed:
         row["body"]["messages"][0]["content"] += " (v2)"
-    summary = _submit(requests=changed, max_lines_per_batch=3).execute(context_for(StubTI(try_number=2)))
-    assert summary["status"] == "completed"
+    retry = _submit(requests=changed, max_lines_per_batch=3, wait_for_completion=False)
+    summary = retry.execute(context_for(StubTI(try_number=2)))
+    assert summary["status"] == "running" and len(_creates(emu)) == 4
     old_ids = {e["batch_id"] for e in _creates(emu)[:2]}
     assert not old_ids & set(summary["batch_ids"])
+    cancels = [e["batch_id"] for e in emu.requests(endpoint="cancel_batch")]
+    assert sorted(cancels) == sorted(old_ids), "each old shard cancelled once, no new one"
     states = {b["batch"]["id"]: b["batch"]["status"] for b in emu.batches(lines=False)}
     assert all(states[b] in ("cancelling", "cancelled") for b in old_ids)
+    # The new shards are the changed input's own: they run to the end.
+    emu.set_config(lines_per_second=200.0)
+    again = _submit(requests=changed, max_lines_per_batch=3).execute(context_for(StubTI(try_number=3)))
+    assert again["status"] == "completed" and again["batch_ids"] == summary["batch_ids"]
+    assert len(_creates(emu)) == 4
 
 
 def test_on_kill_cancels_every_unfinished_shard_concurrently(emu: EmulatorHandle) -> None:
-    emu.set_config(lines_per_second=1.0)
+    emu.set_config(lines_per_second=0.2)  # 15 s a shard: none ends (and frees a slot) before the kill
     op = _submit(requests=chat_requests(12), max_lines_per_batch=3, max_active_batches=3)
     ctx = context_for(StubTI())
     errors: list[BaseException] = []
