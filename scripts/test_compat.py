@@ -247,6 +247,16 @@ def _tests_cell(tests: dict[str, Any] | None) -> str:
     return cell
 
 
+def _listed(rows: list[dict[str, Any]], key: str) -> list[str]:
+    """Every row's ``key`` entries (``skips`` or ``failures``) of its tests and system steps, named by version."""
+    return [
+        f"- Airflow {row.get('airflow', '?')}, Python {row.get('python', '?')}: {entry}"
+        for row in rows
+        for step in ("tests", "system")
+        for entry in (row.get(step) or {}).get(key, [])
+    ]
+
+
 def table(
     newest: dict[str, Any] | None, airflows: list[dict[str, Any]], pythons: list[dict[str, Any]]
 ) -> str:
@@ -286,20 +296,9 @@ def table(
             f"| {row['airflow']} | {row['python']} | install + unit tests | {_tests_cell(row.get('tests'))} | "
             "not run | - |"
         )
-    skips = []
-    for row in [*([newest] if newest else []), *airflows, *pythons]:
-        for step in ("tests", "system"):
-            for reason in (row.get(step) or {}).get("skips", []):
-                skips.append(
-                    f"- Airflow {row.get('airflow', '?')}, Python {row.get('python', '?')}: {reason}"
-                )
-    failures = []
-    for row in [*([newest] if newest else []), *airflows, *pythons]:
-        for step in ("tests", "system"):
-            for failure in (row.get(step) or {}).get("failures", []):
-                failures.append(
-                    f"- Airflow {row.get('airflow', '?')}, Python {row.get('python', '?')}: {failure}"
-                )
+    everyone = [*([newest] if newest else []), *airflows, *pythons]
+    skips = _listed(everyone, "skips")
+    failures = _listed(everyone, "failures")
     if failures:
         lines += ["", "FAILED:", *failures]
     if skips:
