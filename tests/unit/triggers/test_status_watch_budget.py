@@ -82,7 +82,7 @@ async def test_a_burst_of_single_reads_is_spaced_to_the_retrieve_share() -> None
     # The k-th read of the burst goes out no earlier than k x 0.1 s after the burst began: 12 reads
     # take at least 1.1 s, never more than 10 in its first second. Measured against the burst's
     # start, not read to read: a loaded machine only delays a read, and a late read makes the gap
-    # to the next one, whose slot was reserved on arrival, look short (a CI run saw 0.087 s).
+    # to the next one, whose slot was reserved on arrival, look short (a loaded run saw 0.087 s).
     early = [(k, round(t - began, 3)) for k, t in enumerate(times) if t - began < 0.1 * k - 1e-6]
     assert early == [], f"reads before their slot (index, seconds after the burst): {early}"
     await client.aclose()
