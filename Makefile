@@ -42,7 +42,7 @@ typecheck: install
 # The whole suite: lint, mypy --strict on the package and benchmarks, unit + integration + system tests.
 # Its counts (.tmp/junit-test.xml) are the newest Airflow's row of `make test-compat`'s table.
 test: lint typecheck
-	$(PY) -m pytest -q -p no:cacheprovider -rfEs --junitxml=.tmp/junit-test.xml $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --junitxml=.tmp/junit-test.xml $(PYTEST_ARGS)
 
 # Quick local loop: skips the end-to-end tests on real Airflow processes.
 test-fast: install

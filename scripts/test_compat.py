@@ -67,12 +67,10 @@ def run(cmd: list[str], log_file: Path, timeout: float = STEP_TIMEOUT) -> tuple[
 
 def junit_counts(path: Path) -> dict[str, Any]:
     """Counts and skip reasons from a pytest junit XML file."""
-    if not path.exists():
-        return {"tests": 0, "passed": 0, "failed": 0, "skipped": 0, "skips": [], "failures": []}
-    root = ET.parse(path).getroot()
-    cases = root.iter("testcase")
     counts: dict[str, Any] = {"tests": 0, "passed": 0, "failed": 0, "skipped": 0, "skips": [], "failures": []}
-    for case in cases:
+    if not path.exists():
+        return counts
+    for case in ET.parse(path).getroot().iter("testcase"):
         counts["tests"] += 1
         skipped = case.find("skipped")
         failure = case.find("failure")
@@ -98,7 +96,7 @@ def pytest_step(py: str, name: str, args: list[str]) -> dict[str, Any]:
     """One pytest run with its junit file; returns its counts, rc and seconds."""
     junit = OUT / f"{name}.xml"
     junit.unlink(missing_ok=True)
-    cmd = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", f"--junitxml={junit}", *args]
+    cmd = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *args]
     log(f"  {name}: {' '.join(cmd[1:])}")
     rc, seconds = run(cmd, OUT / f"{name}.log")
     counts = junit_counts(junit)
